@@ -1,0 +1,66 @@
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""Gated imports of the optional libraries: libvirt, lxml and guestfs.
+
+Each is imported once; a missing one keeps its traceback so the module can
+fail with missing_required_lib() and a hint on how to install it.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+try:
+    import libvirt
+
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError:
+    libvirt = None
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    from lxml import etree
+
+    LXML_IMPORT_ERROR = None
+except ImportError:
+    etree = None
+    LXML_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    import guestfs
+
+    GUESTFS_IMPORT_ERROR = None
+except ImportError:
+    guestfs = None
+    GUESTFS_IMPORT_ERROR = traceback.format_exc()
+
+_LIBS = {
+    "libvirt": (
+        "libvirt-python",
+        lambda: LIBVIRT_IMPORT_ERROR,
+        "Install python3-libvirt (Debian/Ubuntu), python3-libvirt (Fedora/RHEL) "
+        "or 'pip install libvirt-python' on the managed host, or run virtops.kvm.kvm_host "
+        "with python_bindings=true.",
+    ),
+    "lxml": (
+        "lxml",
+        lambda: LXML_IMPORT_ERROR,
+        "Install python3-lxml or 'pip install lxml' on the managed host.",
+    ),
+    "guestfs": (
+        "guestfs (libguestfs Python binding)",
+        lambda: GUESTFS_IMPORT_ERROR,
+        "Install python3-guestfs (Debian/Ubuntu) or python3-libguestfs (Fedora/RHEL) on the "
+        "managed host; it is not on PyPI, so a virtualenv needs --system-site-packages.",
+    ),
+}
+
+
+def require(module, *names: str) -> None:
+    """Fail the module, with an install hint, if any named library is missing."""
+    for name in names:
+        lib, error, hint = _LIBS[name]
+        tb = error()
+        if tb is not None:
+            module.fail_json(msg=f"{missing_required_lib(lib)} {hint}", exception=tb)

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Set up everything virtops.kvm needs on a Debian 12 / Ubuntu machine, as root:
+# distro packages, the project venv (pinned), the collection link Ansible loads
+# it from, and a running virtlogd + libvirtd. Safe to run again: it only does
+# what is missing and says what it did.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+say() { printf 'setup: %s\n' "$*"; }
+
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (it installs packages and starts libvirtd)" >&2; exit 1; }
+command -v apt-get >/dev/null || { echo "setup: needs a Debian or Ubuntu machine (apt-get not found)" >&2; exit 1; }
+
+# ---- distro packages -------------------------------------------------------
+packages=(
+  libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
+  qemu-system-x86 qemu-utils libguestfs-tools python3-guestfs extlinux busybox-static
+  libvirt-dev pkg-config gcc python3-dev python3-venv git
+)
+# supermin (libguestfs's appliance builder) needs a host kernel under /boot.
+compgen -G '/boot/vmlinuz-*' >/dev/null || packages+=(linux-image-amd64)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  diverted=""
+  if [[ " ${missing[*]} " == *" linux-image-amd64 "* ]] && ! dpkg-divert --list /usr/sbin/update-initramfs | grep -q .; then
+    # The kernel is only a file for supermin to read; building its initramfs costs
+    # ~30 s per trigger for nothing. Divert for this install only, then restore.
+    dpkg-divert --local --rename --add /usr/sbin/update-initramfs >/dev/null
+    ln -sf /bin/true /usr/sbin/update-initramfs
+    diverted=yes
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  if [ -n "$diverted" ]; then
+    rm -f /usr/sbin/update-initramfs
+    dpkg-divert --local --rename --remove /usr/sbin/update-initramfs >/dev/null
+  fi
+else
+  say "distro packages already installed"
+fi
+
+# ---- venv ------------------------------------------------------------------
+# Made from the distro python with system site packages: python3-guestfs is only
+# packaged for it. Pinned requirements are installed into the venv on top.
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv from /usr/bin/python3"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing pinned Python requirements into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  echo "$want" > "$stamp"
+else
+  say "Python requirements already installed"
+fi
+.venv/bin/python -c 'import guestfs, libvirt, lxml' \
+  || { echo "setup: the venv cannot import guestfs/libvirt/lxml" >&2; exit 1; }
+
+# ---- the collection as Ansible sees it ------------------------------------
+# ansible.cfg points collections_path at .collections; link this checkout in as virtops.kvm.
+mkdir -p .collections/ansible_collections/virtops
+if [ "$(readlink .collections/ansible_collections/virtops/kvm 2>/dev/null)" != "../../.." ]; then
+  ln -sfn ../../.. .collections/ansible_collections/virtops/kvm
+  say "linked the checkout as .collections/ansible_collections/virtops/kvm"
+fi
+
+# ---- ansible-test offline --------------------------------------------------
+# ansible-test's sanity venvs download a get-pip bootstrap script; with no
+# internet, a stand-in that uses ensurepip + pip does the same job.
+pipver=$(.venv/bin/python - <<'EOF'
+import re, pathlib, ansible_test
+src = pathlib.Path(ansible_test.__file__).parent / "_internal" / "python_requirements.py"
+m = re.search(r"\bpip='([0-9.]+)'", src.read_text())
+print(m.group(1) if m else "")
+EOF
+)
+if [ -n "$pipver" ]; then
+  cache="$HOME/.ansible/test/cache/get_pip_${pipver//./_}.py"
+  if [ ! -f "$cache" ]; then
+    mkdir -p "$(dirname "$cache")"
+    cp scripts/get_pip_offline.py "$cache"
+    say "installed the offline get-pip stand-in for ansible-test (pip $pipver)"
+  fi
+fi
+
+# ---- libvirt daemons -------------------------------------------------------
+bash scripts/libvirt-daemons.sh start
+say "done"
