@@ -1,0 +1,183 @@
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""The lxml domain model: parse, read out, and the collection's provenance metadata.
+
+Pure: lxml only, no libvirt connection, so every rule here is unit-testable
+without a daemon. (Comparison/normalisation and the clone transform build on
+these readers.)
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
+
+# The collection's own XML namespace inside <metadata>.
+NS = "https://virtops.dev/xmlns/kvm/1"
+NS_PREFIX = "virtops"
+
+# Names become file names (disks, XML files, serial logs): keep them boring.
+_POSITION_SUFFIX = re.compile(r", line \d+, column \d+$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+def validate_name(name: str, what: str = "domain name") -> str:
+    """Refuse names that are unsafe in a path: empty, '/', '..', spaces, over 64 chars."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"The {what} is empty.", hint="Give a name of 1 to 64 characters: letters, digits, . _ + -.")
+    if not _SAFE_NAME.match(name) or name in (".", "..") or ".." in name:
+        raise InvalidInput(
+            f"The {what} {name!r} is not safe to use in a file path.",
+            hint="Use 1 to 64 characters: letters, digits, '.', '_', '+', '-'; it must start with a letter or "
+            "digit and contain no '/', '..' or spaces.",
+        )
+    return name
+
+
+def parse(xml: str | bytes, what: str = "domain XML"):
+    """Parse XML text into an lxml element; a syntax error names line and column."""
+    etree = _deps.etree
+    if isinstance(xml, str):
+        xml = xml.encode("utf-8")
+    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+    try:
+        root = etree.fromstring(xml, parser)
+    except etree.XMLSyntaxError as exc:
+        line, col = exc.position if exc.position else (exc.lineno, 0)
+        reason = _POSITION_SUFFIX.sub("", exc.msg)
+        raise InvalidInput(
+            f"The {what} is not well-formed XML: {reason} (line {line}, column {col}).",
+            hint="Fix the XML (for example compare with 'virsh dumpxml').",
+            line=line,
+            column=col,
+        ) from exc
+    if root.tag != "domain":
+        raise InvalidInput(f"The {what} has root element <{root.tag}>, expected <domain>.")
+    return root
+
+
+def tostring(root) -> str:
+    return _deps.etree.tostring(root, pretty_print=True, encoding="unicode")
+
+
+def text(root, path: str, default: str | None = None) -> str | None:
+    el = root.find(path)
+    return el.text if el is not None and el.text is not None else default
+
+
+def name_of(root) -> str | None:
+    return text(root, "name")
+
+
+def uuid_of(root) -> str | None:
+    return text(root, "uuid")
+
+
+def disks(root) -> list[dict]:
+    """The domain's disks as dicts: target, device, type, path, format, readonly, shareable."""
+    out = []
+    for d in root.findall("devices/disk"):
+        src = d.find("source")
+        path = None
+        if src is not None:
+            path = src.get("file") or src.get("dev") or src.get("name") or src.get("volume")
+        drv = d.find("driver")
+        tgt = d.find("target")
+        out.append(
+            dict(
+                target=tgt.get("dev") if tgt is not None else None,
+                bus=tgt.get("bus") if tgt is not None else None,
+                device=d.get("device", "disk"),
+                type=d.get("type", "file"),
+                path=path,
+                pool=src.get("pool") if src is not None else None,
+                format=drv.get("type") if drv is not None else None,
+                readonly=d.find("readonly") is not None,
+                shareable=d.find("shareable") is not None,
+            )
+        )
+    return out
+
+
+def writable_file_disks(root) -> list[dict]:
+    """File-backed disks the guest can write to (not CD-ROMs, read-only or shareable disks)."""
+    return [
+        d
+        for d in disks(root)
+        if d["type"] == "file" and d["path"] and d["device"] == "disk" and not d["readonly"] and not d["shareable"]
+    ]
+
+
+def interfaces(root) -> list[dict]:
+    out = []
+    for i in root.findall("devices/interface"):
+        mac = i.find("mac")
+        src = i.find("source")
+        model = i.find("model")
+        source = None
+        if src is not None:
+            source = src.get("network") or src.get("bridge") or src.get("dev") or src.get("path")
+        out.append(
+            dict(
+                type=i.get("type"),
+                mac=mac.get("address") if mac is not None else None,
+                source=source,
+                model=model.get("type") if model is not None else None,
+            )
+        )
+    return out
+
+
+def consoles(root) -> list[dict]:
+    out = []
+    for kind in ("serial", "console"):
+        for c in root.findall(f"devices/{kind}"):
+            src = c.find("source")
+            tgt = c.find("target")
+            out.append(
+                dict(
+                    device=kind,
+                    type=c.get("type"),
+                    path=(src.get("path") if src is not None else None) or c.get("tty"),
+                    target_type=tgt.get("type") if tgt is not None else None,
+                    port=tgt.get("port") if tgt is not None else None,
+                )
+            )
+    return out
+
+
+def provenance(root) -> dict | None:
+    """The collection's record in <metadata> (written by kvm_clone), or None."""
+    el = root.find(f"metadata/{{{NS}}}clone")
+    if el is None:
+        return None
+    created = [
+        dict(path=c.get("path"), base=c.get("base"), mode=c.get("mode"), format=c.get("format"))
+        for c in el.findall(f"{{{NS}}}disk")
+    ]
+    return dict(
+        template=el.get("template"),
+        mode=el.get("mode"),
+        created_by=el.get("created-by"),
+        created_disks=created,
+    )
+
+
+def set_provenance(root, template: str, mode: str, created_disks: list[dict]) -> None:
+    """Record what the collection created for this domain, replacing any older record."""
+    etree = _deps.etree
+    meta = root.find("metadata")
+    if meta is None:
+        meta = etree.SubElement(root, "metadata")
+    for old in meta.findall(f"{{{NS}}}clone"):
+        meta.remove(old)
+    el = etree.SubElement(
+        meta,
+        f"{{{NS}}}clone",
+        nsmap={NS_PREFIX: NS},
+        attrib={"template": template, "mode": mode, "created-by": "virtops.kvm"},
+    )
+    for d in created_disks:
+        attrs = {k: str(v) for k, v in d.items() if v is not None and k in ("path", "base", "mode", "format")}
+        etree.SubElement(el, f"{{{NS}}}disk", attrib=attrs)
