@@ -595,7 +595,7 @@ class DirectDaemon:
                 raise HostError(f"'{daemon} -d' failed (rc={rc}): {err.strip() or out.strip()}")
             self._wait(f"{daemon} to write a live pid to /run/{daemon}.pid", lambda d=daemon: self.pid(d) is not None)
             started.append(daemon)
-        if self.name in started:
+        if self.name in started and not dry_run:
             self._wait(f"{self.name} to answer on qemu:///system", self.ping)
         return started
 
