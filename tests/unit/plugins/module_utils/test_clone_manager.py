@@ -1,0 +1,298 @@
+"""CloneManager against libvirt's test:///default driver (no daemon) and real qemu-img in tmp_path.
+
+The seams are the ones the module uses: a virConnect and a runner for qemu-img.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import libvirt
+import pytest
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _clone as cl
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
+    Conflict,
+    DomainNotFound,
+    InvalidInput,
+    KvmError,
+    StorageError,
+    TimeoutExpired,
+)
+
+TPL = "ut-tpl"
+
+
+def runner(argv):
+    p = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return p.returncode, p.stdout, p.stderr
+
+
+def template_xml(name: str, disk: str, fmt: str = "qcow2", ifaces: int = 1) -> str:
+    nics = "".join("<interface type='user'><model type='virtio'/></interface>" for _ in range(ifaces))
+    return f"""<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64'>hvm</type></os><devices>
+<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{disk}'/>
+<target dev='vda' bus='virtio'/></disk>{nics}</devices></domain>"""
+
+
+@pytest.fixture
+def conn():
+    c = libvirt.open("test:///default")
+    yield c
+    for dom in c.listAllDomains():
+        if dom.name().startswith("ut-"):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    c.close()
+
+
+@pytest.fixture
+def tpl(conn, tmp_path):
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
+    conn.defineXML(template_xml(TPL, str(base)))
+    return base
+
+
+def manager(conn, tmp_path, **kw):
+    kw.setdefault("template", TPL)
+    kw.setdefault("domain_type", "qemu")
+    kw.setdefault("lock_path", str(tmp_path / "lock"))
+    return cl.CloneManager(conn, runner, **kw)
+
+
+def snapshot(conn, tmp_path):
+    names = sorted(d.name() for d in conn.listAllDomains())
+    files = sorted((p.name, p.stat().st_mode) for p in tmp_path.iterdir() if p.name != "lock")
+    return names, files
+
+
+def test_overlay_clones_four_ways(conn, tpl, tmp_path):
+    kw = dict(clones=["ut-a", {"name": "ut-b", "memory": 128, "autostart": True}])
+    before = snapshot(conn, tmp_path)
+    check = manager(conn, tmp_path, check_mode=True, **kw).run()
+    assert check["changed"] is True
+    assert [c["name"] for c in check["clones"]] == ["ut-a", "ut-b"]
+    assert all(c["macs"][0].startswith("52:54:00:") for c in check["clones"])
+    assert check["clones"][0]["disks"][0]["path"] == str(tmp_path / "ut-a.qcow2")
+    assert check["bases"][0]["read_only"] is True and check["bases"][0]["dependents"] == ["ut-a", "ut-b"]
+    assert check["diff"]["before"]["clones"]["ut-a"] == {"state": "absent"}
+    assert snapshot(conn, tmp_path) == before  # check mode touched nothing
+
+    real = manager(conn, tmp_path, **kw).run()
+    assert real["changed"] is True
+    for c in real["clones"]:
+        dom = conn.lookupByName(c["name"])
+        root = dx.parse(dom.XMLDesc(0))
+        assert dx.provenance(root)["template"] == TPL
+        assert c["macs"] == [i["mac"] for i in dx.interfaces(root)]
+        chain = st.backing_chain(c["disks"][0]["path"])
+        assert chain[0]["backing_file"] == str(tpl) and chain[0]["backing_format"] == "qcow2"
+    assert conn.lookupByName("ut-b").autostart() == 1
+    assert cl.memory_mib(dx.parse(conn.lookupByName("ut-b").XMLDesc(0))) == 128
+    assert not os.stat(tpl).st_mode & 0o222  # base protected
+    assert real["bases"] == [dict(path=str(tpl), read_only=True, dependents=["ut-a", "ut-b"])]
+
+    again = manager(conn, tmp_path, **kw).run()
+    assert again["changed"] is False
+    assert [c["uuid"] for c in again["clones"]] == [c["uuid"] for c in real["clones"]]
+    assert manager(conn, tmp_path, check_mode=True, **kw).run()["changed"] is False
+
+
+def test_copy_mode_independent(conn, tpl, tmp_path):
+    os.chmod(tpl, 0o644)
+    res = manager(conn, tmp_path, name="ut-c", mode="copy").run()
+    disk = res["clones"][0]["disks"][0]
+    assert disk["mode"] == "copy" and disk["backing_file"] is None
+    assert st.backing_chain(disk["path"])[0]["backing_file"] is None
+    assert res["bases"] == []
+    assert os.stat(tpl).st_mode & 0o200  # copy does not protect the source
+    assert manager(conn, tmp_path, name="ut-c", mode="copy").run()["changed"] is False
+    with pytest.raises(Conflict, match="copy clone, not overlay"):
+        manager(conn, tmp_path, name="ut-c").run()
+
+
+def test_absent_removes_only_created_files(conn, tpl, tmp_path):
+    manager(conn, tmp_path, clones=["ut-a", "ut-b"], xml_dir=str(tmp_path)).run()
+    assert (tmp_path / "ut-a.xml").exists()
+    (tmp_path / "unrelated.txt").write_text("mine")
+    res = manager(conn, tmp_path, clones=["ut-a"], state="absent", template=None, xml_dir=str(tmp_path)).run()
+    assert res["changed"] is True
+    assert sorted(res["removed_files"]) == sorted([str(tmp_path / "ut-a.qcow2"), str(tmp_path / "ut-a.xml")])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["base.qcow2", "lock", "unrelated.txt", "ut-b.qcow2", "ut-b.xml"]
+    assert "ut-a" not in [d.name() for d in conn.listAllDomains()]
+    res = manager(conn, tmp_path, clones=["ut-a"], state="absent", template=None).run()
+    assert res["changed"] is False
+
+
+def test_absent_keeps_file_another_domain_uses(conn, tpl, tmp_path):
+    manager(conn, tmp_path, name="ut-a").run()
+    child = tmp_path / "child.qcow2"
+    st.create_overlay(runner, str(tmp_path / "ut-a.qcow2"), str(child))
+    conn.defineXML(template_xml("ut-child", str(child)))
+    res = manager(conn, tmp_path, name="ut-a", state="absent", template=None).run()
+    assert res["kept_files"] == [dict(path=str(tmp_path / "ut-a.qcow2"), used_by=["ut-child"])]
+    assert (tmp_path / "ut-a.qcow2").exists()
+
+
+def test_absent_refuses_domain_not_made_by_kvm_clone(conn, tpl, tmp_path):
+    with pytest.raises(Conflict, match=r"not created by virtops\.kvm"):
+        manager(conn, tmp_path, name=TPL, state="absent", template=None).run()
+
+
+def test_existing_domain_not_a_clone_never_overwritten(conn, tpl, tmp_path):
+    other = tmp_path / "other.qcow2"
+    st.create_overlay(runner, str(tpl), str(other))
+    conn.defineXML(template_xml("ut-x", str(other)))
+    before = snapshot(conn, tmp_path)
+    with pytest.raises(Conflict, match=r"not created by virtops\.kvm"):
+        manager(conn, tmp_path, clones=["ut-new", "ut-x"]).run()
+    assert snapshot(conn, tmp_path) == before
+
+
+def test_mismatching_clone_names_the_difference(conn, tpl, tmp_path):
+    manager(conn, tmp_path, name="ut-a").run()
+    with pytest.raises(Conflict, match="memory is 64 MiB, expected 256 MiB"):
+        manager(conn, tmp_path, clones=[{"name": "ut-a", "memory": 256}]).run()
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(Conflict, match=r"disk vda is .*ut-a\.qcow2, expected .*other/ut-a\.qcow2"):
+        manager(conn, tmp_path, name="ut-a", dest_dir=str(other)).run()
+
+
+def test_bad_inputs_change_nothing(conn, tpl, tmp_path):
+    manager(conn, tmp_path, name="ut-a").run()
+    used_mac = dx.interfaces(dx.parse(conn.lookupByName("ut-a").XMLDesc(0)))[0]["mac"]
+    used_uuid = conn.lookupByName("ut-a").UUIDString()
+    (tmp_path / "ut-taken.qcow2").write_bytes(b"someone else's")
+    cases = [
+        (dict(name="ut-taken"), Conflict, "already exists"),
+        (dict(clones=[{"name": "ut-m", "macs": [used_mac]}]), Conflict, "already used by domain 'ut-a'"),
+        (dict(clones=[{"name": "ut-u", "uuid": used_uuid}]), Conflict, "already used by domain 'ut-a'"),
+        (dict(clones=["ut-d", "ut-d"]), InvalidInput, "more than once"),
+        (dict(name="../x"), InvalidInput, "not safe"),
+        (dict(name="ut-n", dest_dir=str(tmp_path / "missing")), StorageError, "does not exist"),
+        (dict(name="ut-n", template="ut-nope"), DomainNotFound, "not defined"),
+        (dict(name="ut-n", template="test"), InvalidInput, "running"),
+        (dict(clones=[{"name": "ut-n", "macs": ["52:54:00:00:00:01", "52:54:00:00:00:02"]}]), InvalidInput, "MAC"),
+    ]
+    for kw, exc, match in cases:
+        before = snapshot(conn, tmp_path)
+        with pytest.raises(exc, match=match):
+            manager(conn, tmp_path, **kw).run()
+        assert snapshot(conn, tmp_path) == before, kw
+    assert (tmp_path / "ut-taken.qcow2").read_bytes() == b"someone else's"
+
+
+def test_template_disk_problems(conn, tmp_path):
+    lock = str(tmp_path / "lock")
+    missing = template_xml("ut-t1", str(tmp_path / "gone.qcow2"))
+    with pytest.raises(StorageError, match="does not exist"):
+        cl.CloneManager(conn, runner, template_xml=missing, name="ut-n", domain_type="qemu", lock_path=lock).run()
+    vmdk = tmp_path / "t.vmdk"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmdk), "1M"], check=True)
+    for fmt in ("vmdk", "raw"):
+        with pytest.raises(StorageError, match="not support"):
+            cl.CloneManager(
+                conn, runner, template_xml=template_xml("ut-t2", str(vmdk), fmt), name="ut-n", lock_path=lock
+            ).run()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "lock") == ["t.vmdk"]
+
+
+def test_raw_template_gives_qcow2_overlay_on_raw(conn, tmp_path):
+    raw = tmp_path / "base.img"
+    raw.write_bytes(b"\0" * 1048576)
+    xml = template_xml("ut-rawtpl", str(raw), "raw")
+    res = cl.CloneManager(
+        conn, runner, template_xml=xml, name="ut-r", domain_type="qemu", lock_path=str(tmp_path / "lock")
+    ).run()
+    disk = res["clones"][0]["disks"][0]
+    assert disk["format"] == "qcow2" and disk["backing_format"] == "raw"
+    assert st.qcow2_header(disk["path"])["backing_format"] == "raw"
+
+
+def test_define_failure_rolls_back_that_clone_only(conn, tpl, tmp_path):
+    class FailingConn:
+        """The real connection, except defineXML fails for one clone."""
+
+        def __init__(self, real, bad):
+            self._real, self._bad = real, bad
+
+        def defineXML(self, xml):
+            if dx.name_of(dx.parse(xml)) == self._bad:
+                raise libvirt.libvirtError("injected define failure")
+            return self._real.defineXML(xml)
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+    m = cl.CloneManager(
+        FailingConn(conn, "ut-bad"),
+        runner,
+        template=TPL,
+        clones=["ut-ok1", "ut-bad", "ut-ok2"],
+        domain_type="qemu",
+        xml_dir=str(tmp_path),
+        lock_path=str(tmp_path / "lock"),
+    )
+    with pytest.raises(KvmError, match=r"1 of 3 clone\(s\) failed \(ut-bad\).*injected define failure") as info:
+        m.run()
+    assert info.value.details["failed_clones"] == ["ut-bad"]
+    outcome = {c["name"]: c for c in info.value.details["clones"]}
+    assert outcome["ut-bad"]["failed"] is True and outcome["ut-bad"]["state"] == "absent"
+    assert outcome["ut-ok1"]["state"] == "present"
+    assert not (tmp_path / "ut-bad.qcow2").exists() and not (tmp_path / "ut-bad.xml").exists()
+    assert (tmp_path / "ut-ok1.qcow2").exists() and (tmp_path / "ut-ok2.qcow2").exists()
+    names = {d.name() for d in conn.listAllDomains()}
+    assert {"ut-ok1", "ut-ok2"} <= names and "ut-bad" not in names
+
+
+def test_auto_domain_type_uses_host_verdict(conn, tpl, tmp_path, monkeypatch):
+    from ansible_collections.virtops.kvm.plugins.module_utils import _host
+
+    monkeypatch.setattr(_host, "usable_domain_type", lambda c=None: ("qemu", "no vmx/svm"))
+    res = manager(conn, tmp_path, name="ut-auto", domain_type="auto").run()
+    assert res["domain_type_reason"] == "no vmx/svm"
+    assert conn.lookupByName("ut-auto").XMLDesc(0).startswith("<domain type='qemu'")
+
+
+def test_overlay_refused_on_base_a_running_domain_writes(conn, tmp_path):
+    base = tmp_path / "busy.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "1M"], check=True)
+    dom = conn.defineXML(template_xml("ut-busy", str(base)))
+    dom.create()
+    with pytest.raises(StorageError, match="running domain\\(s\\) ut-busy write to it"):
+        cl.CloneManager(
+            conn,
+            runner,
+            template_xml=template_xml("ut-t", str(base)),
+            name="ut-n",
+            domain_type="qemu",
+            lock_path=str(tmp_path / "lock"),
+        ).run()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "lock") == ["busy.qcow2"]
+
+
+def test_host_lock_excludes_a_second_holder(tmp_path):
+    path = str(tmp_path / "lock")
+    with cl.HostLock(path):
+        with pytest.raises(TimeoutExpired):
+            with cl.HostLock(path, timeout=0.2):
+                pass
+    got = []
+
+    def take():
+        with cl.HostLock(path, timeout=5):
+            got.append(True)
+
+    t = threading.Thread(target=take)
+    t.start()
+    t.join(10)
+    assert got == [True]  # free again after release
