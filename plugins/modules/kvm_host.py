@@ -38,8 +38,12 @@ attributes:
 options:
   uri:
     description:
-      - The libvirt connection used for the capability and version probe (after the daemon is ensured).
-      - The daemon management itself always concerns the local host.
+      - The libvirt connection URI used for the capability and version probe, asked after the daemon is
+        ensured (and not at all when O(daemon_state=stopped)), for example V(qemu:///system).
+      - When not set, the E(LIBVIRT_DEFAULT_URI) environment variable of the managed host is used,
+        and then V(qemu:///system).
+      - Packages and daemons are always those of the managed host itself; a directly started daemon is
+        awaited on V(qemu:///system).
   family:
     description:
       - The distribution family, which decides the package names and the package manager.

@@ -180,3 +180,24 @@ def test_ansible_adhoc_reports_facts_unchanged():
     result = json.loads(line.split("=> ", 1)[1])
     assert result["changed"] is False
     assert_facts_of_this_machine(result)
+
+
+def test_virsh_fallback_matches_binding(monkeypatch):
+    """Without python3-libvirt on the host the module asks virsh; both paths agree here."""
+    import shutil
+
+    from ansible_collections.virtops.kvm.plugins.module_utils import _host
+
+    pytest.importorskip("libvirt")
+
+    def runner(argv, env=None):
+        proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
+        return proc.returncode, proc.stdout, proc.stderr
+
+    with_binding = _host.libvirt_facts("qemu:///system", True, runner, shutil.which)
+    monkeypatch.setattr(_host._deps, "libvirt", None)
+    with_virsh = _host.libvirt_facts("qemu:///system", True, runner, shutil.which)
+    for key in ("libvirt_version", "hypervisor", "qemu_version"):
+        assert with_virsh[key] == with_binding[key], key
+    assert _host.caps_domain_types(with_virsh["caps_xml"]) == _host.caps_domain_types(with_binding["caps_xml"])
+    assert _host.ping("qemu:///system", runner, shutil.which) is True

@@ -906,3 +906,43 @@ def test_manager_package_failure_reports_stderr(fake_host):
     with pytest.raises(PackageManagerError, match="Unable to locate package virtops-no-such-package-xyz"):
         manager(fake_host, runner, extra_packages=["virtops-no-such-package-xyz"]).run()
     assert runner.argvs("libvirtd") == []  # nothing after the failed install
+
+
+# -- libvirt facts without the Python binding (virsh) ---------------------------------------------
+
+VIRSH_VERSION = (
+    "Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n"
+    "Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.22\n"
+)
+
+
+def test_libvirt_facts_via_virsh(monkeypatch):
+    monkeypatch.setattr(_host._deps, "libvirt", None)
+    runner = Runner({"virsh -c": lambda argv: (0, CAPS if argv[3] == "capabilities" else VIRSH_VERSION, "")})
+    facts = _host.libvirt_facts("qemu:///system", True, runner, which_only("virsh"))
+    assert facts["caps_xml"] == CAPS
+    assert facts["libvirt_version"] == "9.0.0"
+    assert facts["hypervisor"] == "QEMU"
+    assert facts["qemu_version"] == "7.2.22"
+
+
+def test_libvirt_facts_without_daemon(monkeypatch):
+    monkeypatch.setattr(_host._deps, "libvirt", None)
+    runner = Runner({"virsh --version": (0, "9.0.0\n", "")})
+    facts = _host.libvirt_facts("qemu:///system", False, runner, which_only("virsh"))
+    assert facts == {"caps_xml": None, "libvirt_version": "9.0.0", "hypervisor": None, "qemu_version": None}
+    assert all(a[1] != "-c" for a in runner.argvs())  # the daemon was not asked
+
+
+@pytest.mark.parametrize(("rc", "expected"), [(0, True), (1, False)])
+def test_ping_via_virsh(monkeypatch, rc, expected):
+    monkeypatch.setattr(_host._deps, "libvirt", None)
+    runner = Runner({"virsh": (rc, "", "")})
+    assert _host.ping("qemu:///system", runner, which_only("virsh")) is expected
+    assert runner.argvs() == [["/usr/bin/virsh", "-c", "qemu:///system", "version"]]
+
+
+def test_ping_with_binding():
+    pytest.importorskip("libvirt")
+    assert _host.ping("test:///default", Runner(), which_all) is True
+    assert _host.ping("bogus:///nowhere", Runner(), which_all) is False
