@@ -12,7 +12,7 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 try:
-    import libvirt
+    import libvirt  # pylint: disable=unused-import
 
     LIBVIRT_IMPORT_ERROR = None
 except ImportError:
@@ -20,7 +20,7 @@ except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
 try:
-    from lxml import etree
+    from lxml import etree  # pylint: disable=unused-import
 
     LXML_IMPORT_ERROR = None
 except ImportError:
@@ -28,7 +28,7 @@ except ImportError:
     LXML_IMPORT_ERROR = traceback.format_exc()
 
 try:
-    import guestfs
+    import guestfs  # pylint: disable=unused-import
 
     GUESTFS_IMPORT_ERROR = None
 except ImportError:

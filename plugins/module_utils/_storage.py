@@ -53,7 +53,7 @@ def qcow2_header(path: str) -> dict | None:
             else:
                 f.seek(72)
             # header extensions: (type u32, length u32, data padded to 8)
-            for _ in range(64):
+            for _ext_index in range(64):
                 ext = f.read(8)
                 if len(ext) < 8:
                     break
