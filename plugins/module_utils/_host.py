@@ -19,6 +19,7 @@ import shlex
 import signal
 import time
 from collections.abc import Callable, Iterable
+from typing import Optional
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
@@ -29,7 +30,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
 )
 
 Runner = Callable[..., tuple[int, str, str]]
-Which = Callable[[str], str | None]
+Which = Callable[[str], Optional[str]]  # noqa: UP045 (evaluated at runtime on Python < 3.10 targets)
 
 # ---------------------------------------------------------------------------
 # Hardware probe and verdict
@@ -249,7 +250,7 @@ def parse_os_release(text: str) -> dict:
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
-        key, _, value = line.partition("=")
+        key, _sep, value = line.partition("=")
         try:
             parts = shlex.split(value)
         except ValueError:
@@ -334,7 +335,7 @@ class PackageManager:
                 raise PackageManagerError(f"dpkg-query failed (rc={rc}): {err.strip()}", rc=rc, stderr=err)
             found = set()
             for line in out.splitlines():
-                name, _, status = line.partition("\t")
+                name, _sep, status = line.partition("\t")
                 if len(status) >= 2 and status[1] == "i":
                     found.add(name.split(":")[0])
             return found & set(names)
@@ -811,7 +812,7 @@ class HostManager:
             "daemon": svc.name,
             "daemon_state": after_state,
             "daemon_enabled": after_enabled,
-            **{k: v for k, v in facts.items()},
+            **dict(facts),
             "libvirt_version": lvf["libvirt_version"],
             "hypervisor": lvf["hypervisor"],
             "qemu_version": lvf["qemu_version"],

@@ -20,7 +20,7 @@ description:
     fine but whose libvirt does not offer C(kvm) fails O(require_hw_virt) only after packages and daemon
     were ensured; the failure reports what was installed and started."
 author:
-  - virtops.kvm contributors
+  - virtops.kvm developers (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.attributes
@@ -331,9 +331,7 @@ def main() -> None:
     def runner(argv: list[str], env: dict | None = None) -> tuple[int, str, str]:
         return module.run_command(argv, environ_update=env or {})
 
-    manager = HostManager(
-        module.params, runner, lambda name: module.get_bin_path(name), check_mode=module.check_mode, warn=module.warn
-    )
+    manager = HostManager(module.params, runner, module.get_bin_path, check_mode=module.check_mode, warn=module.warn)
     run(module, manager.run)
 
 

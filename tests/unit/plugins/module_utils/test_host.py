@@ -397,7 +397,7 @@ class Runner:
         return answer(argv) if callable(answer) else answer
 
     def argvs(self, base: str | None = None) -> list[list[str]]:
-        return [a for a, _ in self.calls if base is None or os.path.basename(a[0]) == base]
+        return [a for a, _env in self.calls if base is None or os.path.basename(a[0]) == base]
 
 
 def which_all(name: str) -> str:
@@ -663,7 +663,7 @@ def starting_runner(procs):
 
 def test_direct_pid_checks(tmp_path):
     procs = FakeProcs(tmp_path)
-    svc, _, _ = direct(tmp_path, Runner(), procs=procs)
+    svc = direct(tmp_path, Runner(), procs=procs)[0]
     assert svc.pid("libvirtd") is None  # no pid file
     write(tmp_path, "/run/libvirtd.pid", "garbage\n")
     assert svc.pid("libvirtd") is None
@@ -681,7 +681,7 @@ def test_direct_start_both_in_order(tmp_path):
     procs = FakeProcs(tmp_path)
     runner = starting_runner(procs)
     pings = iter([False, False, True])
-    svc, _, _ = direct(tmp_path, runner, ping=lambda: next(pings), procs=procs)
+    svc = direct(tmp_path, runner, ping=lambda: next(pings), procs=procs)[0]
     assert svc.state() == "stopped"
     assert svc.start(dry_run=True) == ["virtlogd", "libvirtd"]
     assert runner.calls == []
@@ -698,7 +698,7 @@ def test_direct_start_only_dead_virtlogd(tmp_path):
     write(tmp_path, "/run/virtlogd.pid", "99999")  # stale
     runner = starting_runner(procs)
     pinged = []
-    svc, _, _ = direct(tmp_path, runner, ping=lambda: pinged.append(1) or True, procs=procs)
+    svc = direct(tmp_path, runner, ping=lambda: pinged.append(1) or True, procs=procs)[0]
     assert svc.state() == "partial"
     assert svc.start() == ["virtlogd"]
     assert runner.argvs() == [["/usr/bin/virtlogd", "-d"]]
@@ -707,27 +707,27 @@ def test_direct_start_only_dead_virtlogd(tmp_path):
 
 def test_direct_start_failure_reports_stderr(tmp_path):
     runner = Runner({"virtlogd": (1, "", "error: cannot bind socket\n")})
-    svc, _, _ = direct(tmp_path, runner)
+    svc = direct(tmp_path, runner)[0]
     with pytest.raises(HostError, match="cannot bind socket"):
         svc.start()
 
 
 def test_direct_start_timeout_is_bounded(tmp_path):
     procs = FakeProcs(tmp_path)
-    svc, _, clock = direct(tmp_path, starting_runner(procs), ping=lambda: False, timeout=3, procs=procs)
+    svc, _runner, clock = direct(tmp_path, starting_runner(procs), ping=lambda: False, timeout=3, procs=procs)
     with pytest.raises(TimeoutExpired, match="libvirtd to answer on qemu:///system"):
         svc.start()
     assert 3 <= clock.now < 4
 
 
 def test_direct_start_daemon_that_never_writes_its_pid(tmp_path):
-    svc, _, _ = direct(tmp_path, Runner(), timeout=2)
+    svc = direct(tmp_path, Runner(), timeout=2)[0]
     with pytest.raises(TimeoutExpired, match="virtlogd to write a live pid"):
         svc.start()
 
 
 def test_direct_not_installed(tmp_path):
-    svc, _, _ = direct(tmp_path, Runner())
+    svc = direct(tmp_path, Runner())[0]
     svc.which = which_only("virtlogd")
     FakeProcs(tmp_path).run("virtlogd")
     with pytest.raises(HostError, match="libvirtd is not installed"):
@@ -740,7 +740,7 @@ def test_direct_stop_by_pid(tmp_path):
     pid = procs.run("libvirtd")
     killed = []
     procs_kill = procs.kill
-    svc, _, _ = direct(tmp_path, Runner(), procs=procs)
+    svc = direct(tmp_path, Runner(), procs=procs)[0]
     svc.kill = lambda p, s: killed.append(p) or procs_kill(p, s)
     assert svc.stop(dry_run=True) == ["libvirtd"]
     assert killed == []
@@ -754,7 +754,7 @@ def test_direct_stop_by_pid(tmp_path):
 def test_direct_stop_timeout(tmp_path):
     procs = FakeProcs(tmp_path)
     procs.run("libvirtd")
-    svc, _, _ = direct(tmp_path, Runner(), timeout=1, procs=procs)
+    svc = direct(tmp_path, Runner(), timeout=1, procs=procs)[0]
     svc.kill = lambda p, s: None  # ignores SIGTERM
     with pytest.raises(TimeoutExpired, match="to exit"):
         svc.stop()
