@@ -1,0 +1,678 @@
+"""Unit tests for _guestfs: the read logic against a fake libguestfs handle, no appliance."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import stat
+import subprocess
+
+import pytest
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _guestfs as gf
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
+    Conflict,
+    GuestfsError,
+    InvalidInput,
+    StorageError,
+    TimeoutExpired,
+)
+
+PASSWD = b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
+GROUP = b"root:x:0:\nstaff:x:50:\n"
+
+
+class FakeGuestFS:
+    """Just enough of guestfs.GuestFS(python_return_dict=True) for the read logic."""
+
+    def __init__(self, files=None, dirs=(), filesystems=None, roots=(), mountpoints=None, launch_error=None):
+        self.files = dict(files or {})  # path -> (bytes, mode, uid, gid)
+        self.dirs = {"/", *dirs}
+        self.fs = filesystems if filesystems is not None else {"/dev/sda1": "ext4"}
+        self.roots = list(roots)
+        self.mountpoints = mountpoints or {}
+        self.launch_error = launch_error
+        self.launches = 0
+        self.drives = []
+        self.network = None
+        self.settings = []
+        self.mounted = []
+        self.calls = []
+        self.closed = False
+
+    # setup
+    def set_network(self, flag):
+        self.network = flag
+
+    def get_backend_settings(self):
+        return list(self.settings)
+
+    def set_backend_settings(self, settings):
+        self.settings = list(settings)
+
+    def get_backend(self):
+        return "direct"
+
+    def add_drive_opts(self, path, **opts):
+        assert self.launches == 0, "drives must be added before launch"
+        self.drives.append((path, opts))
+
+    def launch(self):
+        self.launches += 1
+        if self.launch_error:
+            raise RuntimeError(self.launch_error)
+
+    def shutdown(self):
+        self.calls.append("shutdown")
+
+    def close(self):
+        self.closed = True
+
+    # filesystems
+    def list_filesystems(self):
+        return dict(self.fs)
+
+    def inspect_os(self):
+        self.calls.append("inspect_os")
+        return list(self.roots)
+
+    def inspect_get_mountpoints(self, root):
+        return dict(self.mountpoints)
+
+    def inspect_get_type(self, root):
+        return "linux"
+
+    def inspect_get_distro(self, root):
+        return "debian"
+
+    def inspect_get_product_name(self, root):
+        return "Debian 12"
+
+    def inspect_get_major_version(self, root):
+        return 12
+
+    def inspect_get_minor_version(self, root):
+        return 0
+
+    def inspect_get_hostname(self, root):
+        return "guest1"
+
+    def mount_ro(self, dev, mp):
+        if dev not in self.fs:
+            raise RuntimeError(f"mount_ro: {dev}: No such file or directory")
+        self.mounted.append((dev, mp))
+
+    # files
+    def exists(self, path):
+        return int(path in self.files or path in self.dirs)
+
+    def is_dir(self, path, followsymlinks=None):
+        return path in self.dirs
+
+    def is_file(self, path, followsymlinks=None):
+        return path in self.files
+
+    def statns(self, path):
+        if path in self.dirs:
+            return dict(st_mode=stat.S_IFDIR | 0o755, st_size=4096, st_uid=0, st_gid=0, st_mtime_sec=1)
+        if path not in self.files:
+            raise RuntimeError(f"statns: {path}: No such file or directory")
+        data, mode, uid, gid = self.files[path]
+        return dict(st_mode=mode, st_size=len(data), st_uid=uid, st_gid=gid, st_mtime_sec=1700000000)
+
+    def read_file(self, path):
+        self.calls.append(("read_file", path))
+        return self.files[path][0]
+
+    def ls(self, path):
+        prefix = path.rstrip("/") + "/"
+        names = {p[len(prefix) :].split("/")[0] for p in [*self.files, *self.dirs] if p.startswith(prefix)}
+        return sorted(n for n in names if n)
+
+
+def reg(data: bytes, perm: int = 0o644, uid: int = 0, gid: int = 0):
+    return (data, stat.S_IFREG | perm, uid, gid)
+
+
+def guest(**kw) -> FakeGuestFS:
+    files = {"/etc/passwd": reg(PASSWD), "/etc/group": reg(GROUP), **kw.pop("files", {})}
+    return FakeGuestFS(files=files, dirs={"/etc", *kw.pop("dirs", ())}, **kw)
+
+
+def session(handle, force_tcg=False):
+    return gf.GuestfsSession([{"path": "/img/a.qcow2", "format": "qcow2"}], force_tcg, handle_factory=lambda: handle)
+
+
+# --------------------------------------------------------------------------- one launch, safety
+
+
+def test_one_launch_for_many_paths_readonly_no_network():
+    files = {f"/etc/f{i}": reg(f"file {i}\n".encode()) for i in range(20)}
+    h = guest(files=files)
+    s = gf.GuestfsSession(
+        [{"path": "/img/a.qcow2", "format": "qcow2"}, {"path": "/img/b.img", "format": "raw"}],
+        force_tcg=True,
+        handle_factory=lambda: h,
+    )
+    result = gf.read_guest(s, paths=list(files), list_dirs=["/etc"], mounts={"/dev/sda1": "/"})
+    assert h.launches == 1
+    assert result["appliance"]["launches"] == 1
+    assert h.drives == [
+        ("/img/a.qcow2", {"readonly": True, "format": "qcow2"}),
+        ("/img/b.img", {"readonly": True, "format": "raw"}),
+    ]
+    assert h.network is False
+    assert h.settings == ["force_tcg"]
+    assert h.closed and "shutdown" in h.calls
+    assert result["files"]["/etc/f7"]["content"] == "file 7\n"
+    assert result["dirs"]["/etc"][:3] == ["f0", "f1", "f10"]
+    assert result["changed"] is False
+
+
+def test_force_tcg_keeps_existing_settings_and_is_not_added_when_off():
+    h = guest()
+    h.settings = ["appliance.debug"]
+    gf.read_guest(session(h, force_tcg=True), mounts={"/dev/sda1": "/"})
+    assert h.settings == ["appliance.debug", "force_tcg"]
+    h2 = guest()
+    gf.read_guest(session(h2, force_tcg=False), mounts={"/dev/sda1": "/"})
+    assert h2.settings == []
+
+
+def test_no_guest_program_is_ever_run():
+    h = guest(files={"/etc/hosts": reg(b"x")})
+    # a fake without command/sh: any such call would raise AttributeError
+    assert not hasattr(h, "command") and not hasattr(h, "sh")
+    gf.read_guest(session(h), paths=["/etc/hosts"], list_dirs=["/etc"])
+
+
+def test_launch_failure_names_libguestfs_message_and_force_tcg_hint():
+    h = guest(launch_error="qemu: failed to set MSR 0x10a")
+    with pytest.raises(GuestfsError) as exc:
+        gf.read_guest(session(h, force_tcg=False), paths=["/etc/hosts"])
+    assert "failed to set MSR 0x10a" in exc.value.message
+    assert "force_tcg: yes" in exc.value.message
+    h2 = guest(launch_error="supermin: failed to find a suitable kernel")
+    with pytest.raises(GuestfsError) as exc2:
+        gf.read_guest(session(h2, force_tcg=True), paths=["/etc/hosts"])
+    assert "libguestfs-test-tool" in exc2.value.message and "suitable kernel" in exc2.value.message
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def test_text_file_metadata_and_owner_names():
+    data = b"127.0.0.1 localhost\n"
+    h = guest(files={"/etc/hosts": reg(data, 0o640, 1000, 50)})
+    f = gf.read_guest(session(h), paths=["/etc/hosts"])["files"]["/etc/hosts"]
+    assert f == {
+        "exists": True,
+        "size": len(data),
+        "mode": "0640",
+        "uid": 1000,
+        "gid": 50,
+        "owner": "alice",
+        "group": "staff",
+        "mtime": 1700000000,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "content": data.decode(),
+    }
+
+
+def test_unknown_uid_is_reported_as_number():
+    h = FakeGuestFS(files={"/x": reg(b"a", uid=4242, gid=7)})
+    f = gf.read_guest(session(h), paths=["/x"])["files"]["/x"]
+    assert (f["owner"], f["group"]) == ("4242", "7")
+
+
+def test_binary_file_is_base64():
+    data = bytes(range(256))
+    h = guest(files={"/bin/blob": reg(data, 0o755)})
+    f = gf.read_guest(session(h), paths=["/bin/blob"])["files"]["/bin/blob"]
+    assert "content" not in f
+    assert base64.b64decode(f["content_b64"]) == data
+    assert f["sha256"] == hashlib.sha256(data).hexdigest()
+    assert f["mode"] == "0755"
+
+
+def test_missing_path_is_not_a_failure_by_default():
+    h = guest(files={"/etc/hosts": reg(b"x")})
+    r = gf.read_guest(session(h), paths=["/etc/hosts", "/etc/nope"])
+    assert r["files"]["/etc/nope"] == {"exists": False}
+    assert r["files"]["/etc/hosts"]["exists"] is True
+
+
+def test_missing_path_fails_with_fail_missing_but_others_are_read():
+    h = guest(files={"/etc/hosts": reg(b"x")})
+    with pytest.raises(GuestfsError) as exc:
+        gf.read_guest(session(h), paths=["/etc/nope", "/etc/hosts"], fail_missing=True)
+    assert "/etc/nope does not exist" in exc.value.message
+    files = exc.value.details["files"]
+    assert files["/etc/hosts"]["content"] == "x"
+    assert files["/etc/nope"]["exists"] is False
+
+
+def test_oversized_file_is_an_error_never_truncated():
+    big = b"a" * 2000
+    h = guest(files={"/var/big": reg(big), "/etc/hosts": reg(b"small")})
+    with pytest.raises(GuestfsError) as exc:
+        gf.read_guest(session(h), paths=["/var/big", "/etc/hosts"], max_size=1000)
+    entry = exc.value.details["files"]["/var/big"]
+    assert "content" not in entry and "content_b64" not in entry
+    assert entry["size"] == 2000 and entry["exists"] is True
+    assert "2000 bytes" in entry["error"] and "max_size 1000" in entry["error"]
+    assert "2000 bytes" in exc.value.message
+    assert ("read_file", "/var/big") not in h.calls  # not even read
+    assert exc.value.details["files"]["/etc/hosts"]["content"] == "small"
+
+
+def test_file_exactly_max_size_is_read():
+    h = guest(files={"/f": reg(b"a" * 1000)})
+    assert gf.read_guest(session(h), paths=["/f"], max_size=1000)["files"]["/f"]["size"] == 1000
+
+
+def test_directory_in_paths_is_an_error_that_points_to_list_dirs():
+    h = guest()
+    with pytest.raises(GuestfsError) as exc:
+        gf.read_guest(session(h), paths=["/etc"])
+    assert "list_dirs" in exc.value.details["files"]["/etc"]["error"]
+
+
+def test_missing_directory_listing_is_null_with_warning_or_fails():
+    h = guest()
+    r = gf.read_guest(session(h), list_dirs=["/nope", "/etc"])
+    assert r["dirs"]["/nope"] is None
+    assert r["dirs"]["/etc"] == ["group", "passwd"]
+    assert any("/nope" in w for w in r["warnings_list"])
+    with pytest.raises(GuestfsError):
+        gf.read_guest(session(guest()), list_dirs=["/nope"], fail_missing=True)
+
+
+@pytest.mark.parametrize("bad", ["etc/hosts", "", "./x"])
+def test_relative_guest_path_is_refused_before_launch(bad):
+    h = guest()
+    with pytest.raises(InvalidInput) as exc:
+        gf.read_guest(session(h), paths=[bad])
+    assert "not an absolute path" in exc.value.message
+    assert h.launches == 0
+
+
+# --------------------------------------------------------------------------- finding filesystems
+
+
+def test_explicit_mounts_skip_inspection_and_mount_shortest_first():
+    h = guest(filesystems={"/dev/sda1": "ext4", "/dev/sda2": "ext4", "/dev/sda3": "vfat"})
+    r = gf.read_guest(session(h), mounts={"/dev/sda3": "/boot/efi", "/dev/sda2": "/boot", "/dev/sda1": "/"})
+    assert "inspect_os" not in h.calls
+    assert h.mounted == [("/dev/sda1", "/"), ("/dev/sda2", "/boot"), ("/dev/sda3", "/boot/efi")]
+    assert r["inspection"] is None
+
+
+def test_explicit_mount_of_unknown_device_lists_filesystems():
+    h = guest()
+    with pytest.raises(GuestfsError) as exc:
+        gf.read_guest(session(h), mounts={"/dev/vda1": "/"})
+    assert "/dev/vda1" in exc.value.message and "/dev/sda1 (ext4)" in exc.value.message
+
+
+def test_inspection_findings_and_mount_order():
+    h = guest(
+        filesystems={"/dev/sda1": "ext4", "/dev/sda2": "ext4"},
+        roots=["/dev/sda2"],
+        mountpoints={"/boot": "/dev/sda1", "/": "/dev/sda2"},
+    )
+    r = gf.read_guest(session(h))
+    assert h.mounted == [("/dev/sda2", "/"), ("/dev/sda1", "/boot")]
+    assert r["inspection"] == {
+        "method": "inspection",
+        "root": "/dev/sda2",
+        "os_type": "linux",
+        "distro": "debian",
+        "product_name": "Debian 12",
+        "version": "12.0",
+        "hostname": "guest1",
+        "mountpoints": {"/boot": "/dev/sda1", "/": "/dev/sda2"},
+    }
+
+
+def test_no_os_but_one_filesystem_is_mounted_at_root():
+    h = guest(filesystems={"/dev/sda1": "ext4", "/dev/sda2": "swap"})
+    r = gf.read_guest(session(h))
+    assert h.mounted == [("/dev/sda1", "/")]
+    assert r["inspection"]["method"] == "single-filesystem"
+    assert r["inspection"]["mountpoints"] == {"/": "/dev/sda1"}
+
+
+@pytest.mark.parametrize("fss", [{}, {"/dev/sda1": "ext4", "/dev/sdb1": "xfs"}])
+def test_no_os_found_error_says_how_to_fix(fss):
+    h = guest(filesystems=fss)
+    with pytest.raises(GuestfsError) as exc:
+        gf.read_guest(session(h), paths=["/etc/hosts"])
+    assert "No operating system found" in exc.value.message
+    assert "mounts option" in exc.value.message
+
+
+# --------------------------------------------------------------------------- drives and formats
+
+
+@pytest.fixture
+def qcow2(tmp_path):
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"\0" * 65536)
+    top = tmp_path / "top.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(top)],
+        check=True,
+    )
+    return top, base
+
+
+def test_resolve_drives_detects_formats(qcow2):
+    top, base = qcow2
+    assert gf.resolve_drives([str(top), {"path": str(base)}]) == [
+        {"path": str(top), "format": "qcow2"},
+        {"path": str(base), "format": "raw"},
+    ]
+
+
+def test_resolve_drives_missing_disk_and_missing_backing_file(qcow2, tmp_path):
+    top, base = qcow2
+    with pytest.raises(StorageError) as exc:
+        gf.resolve_drives([str(tmp_path / "nope.qcow2")])
+    assert "does not exist" in exc.value.message
+    base.unlink()
+    with pytest.raises(StorageError) as exc2:
+        gf.resolve_drives([str(top)])
+    assert str(base) in exc2.value.message and "backing chain" in exc2.value.message
+
+
+def test_resolve_drives_unknown_format_and_relative_path(qcow2):
+    top, _ = qcow2
+    with pytest.raises(InvalidInput) as exc:
+        gf.resolve_drives([{"path": str(top), "format": "qcow3"}])
+    assert "Unknown disk image format 'qcow3'" in exc.value.message and "qcow2" in exc.value.hint
+    with pytest.raises(InvalidInput):
+        gf.resolve_drives(["images/a.qcow2"])
+
+
+def test_domain_drives_skip_cdrom_and_network():
+    from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+
+    root = dx.parse(
+        """<domain type='qemu'><name>g1</name><devices>
+        <disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='sdc'/></disk>
+        <disk type='network' device='disk'><source protocol='nbd' name='x'/><target dev='vdb'/></disk>
+        <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/dev/null'/>
+        <target dev='vda'/></disk></devices></domain>"""
+    )
+    drives, skipped = gf.domain_drives(root)
+    assert drives == [{"path": "/dev/null", "format": "raw", "target": "vda"}]
+    assert len(skipped) == 2 and any("cdrom" in s for s in skipped)
+
+
+# --------------------------------------------------------------------------- force_tcg
+
+
+def test_decide_force_tcg():
+    assert gf.decide_force_tcg("auto", lambda: (False, "no vmx"))[0] is True
+    assert "no vmx" in gf.decide_force_tcg("auto", lambda: (False, "no vmx"))[1]
+    assert gf.decide_force_tcg("auto", lambda: (True, "ok"))[0] is False
+    assert gf.decide_force_tcg("yes", lambda: pytest.fail("not asked"))[0] is True
+    assert gf.decide_force_tcg("no", lambda: pytest.fail("not asked"))[0] is False
+
+
+def test_backend_env_merges_user_settings():
+    assert gf.backend_env(True, {}) == {"LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
+    assert gf.backend_env(True, {"LIBGUESTFS_BACKEND_SETTINGS": "a:force_tcg"}) == {
+        "LIBGUESTFS_BACKEND_SETTINGS": "a:force_tcg"
+    }
+    assert gf.backend_env(False, {}) == {}
+
+
+def test_kvm_usable_uses_host_verdict():
+    usable, reason = gf.kvm_usable()
+    assert isinstance(usable, bool) and reason
+
+
+# --------------------------------------------------------------------------- dest
+
+
+def test_write_dest_only_when_different_and_not_in_check_mode(tmp_path):
+    dest = str(tmp_path / "out")
+    target, changed = gf.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=True)
+    assert changed and not os.path.exists(target)
+    target, changed = gf.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=False)
+    assert changed and target == os.path.join(dest, "etc/hosts")
+    assert open(target, "rb").read() == b"one"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o755  # no setuid on the copy
+    assert gf.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=False) == (target, False)
+    assert gf.write_dest(dest, "/etc/hosts", b"two", "4755", check_mode=True) == (target, True)
+    assert open(target, "rb").read() == b"one"
+
+
+def test_read_guest_with_dest_reports_change_and_diff(tmp_path):
+    h = guest(files={"/etc/hosts": reg(b"x")})
+    r = gf.read_guest(session(h), paths=["/etc/hosts", "/nope"], dest=str(tmp_path))
+    assert r["changed"] is True
+    assert r["files"]["/etc/hosts"]["dest"] == str(tmp_path / "etc/hosts")
+    assert r["diff"]["after"]["dest_files"] == [str(tmp_path / "etc/hosts")]
+    r2 = gf.read_guest(session(guest(files={"/etc/hosts": reg(b"x")})), paths=["/etc/hosts"], dest=str(tmp_path))
+    assert r2["changed"] is False
+
+
+# --------------------------------------------------------------------------- guestmount
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+97 22 0:52 / /srv/my\\040root rw,nosuid,nodev,relatime shared:60 - fuse /dev/fuse rw,user_id=0,group_id=0
+98 22 0:53 / /mnt rw - tmpfs tmpfs rw
+"""
+
+
+def test_mount_entry_and_guestmount_detection(tmp_path):
+    mi = tmp_path / "mountinfo"
+    mi.write_text(MOUNTINFO)
+    entry = gf.mount_entry("/srv/my root", str(mi))
+    assert entry == {"fstype": "fuse", "source": "/dev/fuse"}
+    assert gf.is_guestmount(entry)
+    assert not gf.is_guestmount(gf.mount_entry("/mnt", str(mi)))
+    assert gf.mount_entry("/srv/other", str(mi)) is None
+
+
+class FakeRunner:
+    def __init__(self, results):
+        self.results = list(results)
+        self.calls = []
+
+    def __call__(self, argv, env=None):
+        self.calls.append((argv, env))
+        return self.results.pop(0)
+
+
+def test_guestmount_argv_readonly_nonempty_pidfile(tmp_path):
+    gm = gf.GuestMount(FakeRunner([]), str(tmp_path / "mp"), pid_dir=str(tmp_path / "run"))
+    drives = [{"path": "/img/a.qcow2", "format": "qcow2"}]
+    assert gm.argv(drives, None) == [
+        "guestmount", "--ro", "-o", "nonempty", "--pid-file", gm.pid_file,
+        "--format=qcow2", "-a", "/img/a.qcow2", "-i", str(tmp_path / "mp"),
+    ]  # fmt: skip
+    argv = gm.argv(drives, {"/dev/sda2": "/boot", "/dev/sda1": "/"})
+    assert argv[-5:] == ["-m", "/dev/sda1:/", "-m", "/dev/sda2:/boot", str(tmp_path / "mp")]
+    assert "--rw" not in argv and "-w" not in argv
+
+
+def test_guestmount_falls_back_to_single_filesystem(tmp_path):
+    runner = FakeRunner([(1, "", "guestmount: no operating system was found on this disk"), (0, "", "")])
+    gm = gf.GuestMount(runner, str(tmp_path / "mp"), pid_dir=str(tmp_path / "run"))
+    done = gm.mount([{"path": "/img/a", "format": "raw"}], None, {"X": "1"}, lambda: {"/dev/sda1": "/"})
+    assert "-i" in runner.calls[0][0]
+    assert runner.calls[1][0][-3:] == ["-m", "/dev/sda1:/", str(tmp_path / "mp")]
+    assert runner.calls[1][1] == {"X": "1"}
+    assert done["mounts"] == {"/dev/sda1": "/"}
+    assert os.path.isdir(tmp_path / "mp")
+
+
+def test_guestmount_failure_message(tmp_path):
+    gm = gf.GuestMount(FakeRunner([(1, "", "fuse: device not found")]), str(tmp_path / "mp"), str(tmp_path / "r"))
+    with pytest.raises(GuestfsError) as exc:
+        gm.mount([{"path": "/img/a", "format": "raw"}], {"/dev/sda1": "/"}, {}, lambda: pytest.fail("no"))
+    assert "fuse: device not found" in exc.value.message and "force_tcg" in exc.value.message
+
+
+def test_unmount_waits_for_guestmount_process_to_exit(tmp_path):
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_dir = tmp_path / "run"
+        pid_dir.mkdir()
+
+        class Runner(FakeRunner):
+            def __call__(self, argv, env=None):
+                result = super().__call__(argv, env)
+                child.terminate()  # guestmount exits some time after guestunmount returns
+                return result
+
+        runner = Runner([(0, "", "")])
+        gm = gf.GuestMount(runner, str(tmp_path / "mp"), pid_dir=str(pid_dir))
+        with open(gm.pid_file, "w") as f:
+            f.write(f"{child.pid}\n")
+        polls = []
+        gm.sleep = lambda s: polls.append(s) or child.wait(5)
+        gm.unmount({}, timeout=30)
+        assert runner.calls[0][0] == ["guestunmount", str(tmp_path / "mp")]
+        assert child.poll() is not None
+        assert not os.path.exists(gm.pid_file)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_unmount_times_out_when_guestmount_does_not_exit(tmp_path):
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        gm = gf.GuestMount(FakeRunner([(0, "", "")]), str(tmp_path / "mp"), pid_dir=str(tmp_path))
+        with open(gm.pid_file, "w") as f:
+            f.write(str(child.pid))
+        now = [0.0]
+        gm.clock = lambda: now[0]
+        gm.sleep = lambda s: now.__setitem__(0, now[0] + 10)
+        with pytest.raises(TimeoutExpired) as exc:
+            gm.unmount({}, timeout=25)
+        assert str(child.pid) in exc.value.message
+    finally:
+        child.kill()
+        child.wait()
+
+
+# --------------------------------------------------------------------------- the manager (libvirt test driver)
+
+
+@pytest.fixture
+def testconn():
+    libvirt = pytest.importorskip("libvirt")
+    conn = libvirt.open("test:///default")
+    created = []
+    yield conn, created
+    for dom in created:
+        with contextlib.suppress(libvirt.libvirtError):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    conn.close()
+
+
+def define(conn, created, name, disk, running):
+    dom = conn.defineXML(
+        f"""<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os>
+        <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
+        <target dev='vda' bus='virtio'/></disk></devices></domain>"""
+    )
+    created.append(dom)
+    if running:
+        dom.create()
+    return dom
+
+
+def manager(conn, params, handle, check_mode=False):
+    @contextlib.contextmanager
+    def connect(uri):
+        yield conn
+
+    p = {"state": "read", "force_tcg": "no", "uri": "test:///default", **params}
+    return gf.GuestfsManager(p, check_mode, connect=connect, runner=FakeRunner([]), handle_factory=lambda: handle)
+
+
+def test_manager_reads_domain_disks(testconn, qcow2):
+    conn, created = testconn
+    top, _ = qcow2
+    define(conn, created, "vt-gfs-off", top, running=False)
+    h = guest(files={"/etc/hosts": reg(b"hi")})
+    r = manager(conn, dict(domain="vt-gfs-off", paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}), h).run()
+    assert h.drives == [(str(top), {"readonly": True, "format": "qcow2"})]
+    assert r["files"]["/etc/hosts"]["content"] == "hi"
+    assert r["appliance"]["force_tcg"] is False and r["mounted"] is False
+
+
+def test_manager_refuses_running_domain_unless_allowed(testconn, qcow2):
+    conn, created = testconn
+    top, _ = qcow2
+    define(conn, created, "vt-gfs-on", top, running=True)
+    h = guest(files={"/etc/hosts": reg(b"hi")})
+    with pytest.raises(GuestfsError) as exc:
+        manager(conn, dict(domain="vt-gfs-on", paths=["/etc/hosts"]), h).run()
+    assert "running domain(s) vt-gfs-on" in exc.value.message and "allow_running" in exc.value.message
+    assert h.launches == 0
+    # the same disk given by path is refused too
+    with pytest.raises(GuestfsError):
+        manager(conn, dict(disks=[str(top)], paths=["/etc/hosts"]), h).run()
+    assert h.launches == 0
+    m = manager(conn, dict(domain="vt-gfs-on", paths=["/etc/hosts"], allow_running=True), h)
+    r = m.run()
+    assert r["files"]["/etc/hosts"]["content"] == "hi"
+    assert h.drives[0][1]["readonly"] is True
+    assert any("inconsistent" in w for w in m.warnings)
+
+
+def test_manager_unknown_domain(testconn):
+    conn, _ = testconn
+    from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound
+
+    with pytest.raises(DomainNotFound):
+        manager(conn, dict(domain="vt-gfs-nope"), guest()).run()
+
+
+def test_manager_paths_refused_with_mount_states(testconn):
+    conn, _ = testconn
+    with pytest.raises(InvalidInput):
+        manager(conn, dict(state="unmounted", mount_point="/srv/x", paths=["/etc/hosts"]), guest()).run()
+
+
+def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path, monkeypatch):
+    conn, _ = testconn
+    top, _ = qcow2
+    mp = tmp_path / "mp"
+    runner = FakeRunner([])
+    m = manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest(), check_mode=True)
+    m.runner = runner
+    r = m.run()
+    assert r["changed"] is True and r["mounted"] is True and runner.calls == []
+    assert not mp.exists()
+    # something that is not a guestmount on the mount point is refused, for both states
+    monkeypatch.setattr(gf.GuestMount, "entry", lambda self: {"fstype": "tmpfs", "source": "tmpfs"})
+    with pytest.raises(Conflict):
+        manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest()).run()
+    with pytest.raises(Conflict):
+        manager(conn, dict(state="unmounted", mount_point=str(mp)), guest()).run()
+
+
+def test_manager_mounted_again_is_unchanged_and_other_disks_conflict(testconn, qcow2, tmp_path, monkeypatch):
+    conn, _ = testconn
+    top, base = qcow2
+    monkeypatch.setattr(gf.GuestMount, "entry", lambda self: {"fstype": "fuse", "source": "/dev/fuse"})
+    monkeypatch.setattr(gf.GuestMount, "mounted_images", lambda self: [str(top)])
+    r = manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(tmp_path)), guest()).run()
+    assert r["changed"] is False and r["mounted"] is True
+    with pytest.raises(Conflict):
+        manager(conn, dict(disks=[str(base)], state="mounted", mount_point=str(tmp_path)), guest()).run()
