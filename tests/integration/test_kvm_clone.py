@@ -263,3 +263,14 @@ def test_bad_inputs_change_nothing(conn, guest, tpl, prefix, scratch):
             assert (my_domains(conn, prefix), files(scratch)) == before
     finally:
         dom.destroy()
+
+
+def test_auto_domain_type_follows_the_host_verdict(conn, tpl, prefix, scratch):
+    from ansible_collections.virtops.kvm.plugins.module_utils import _host
+
+    expected, reason = _host.usable_domain_type(conn)
+    n = f"{prefix}-auto"
+    results = four_ways("kvm_clone", dict(template=tpl["name"], name=n, domain_type="auto"))
+    assert_four_ways(results)
+    assert results[1]["domain_type_reason"] == reason
+    assert dx.parse(conn.lookupByName(n).XMLDesc(0)).get("type") == expected
