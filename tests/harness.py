@@ -45,6 +45,7 @@ def run_module(
             [sys.executable, "-m", f"ansible_collections.virtops.kvm.plugins.modules.{name}", argfile],
             capture_output=True,
             text=True,
+            check=False,
             env=module_env(env),
             timeout=timeout,
             cwd=str(ROOT),
