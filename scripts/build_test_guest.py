@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: (c) 2025, virtops.kvm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Build the tiny offline test guest used by the integration tests and the demo.
@@ -229,7 +228,7 @@ def resolve_modules(version: str) -> list[Path]:
     for line in (root / "modules.dep").read_text().splitlines():
         if ":" not in line:
             continue
-        mod, _, rest = line.partition(":")
+        mod, _sep, rest = line.partition(":")
         deps[mod] = rest.split()
         by_name[_module_name(mod)] = mod
     builtin = set()
@@ -536,7 +535,7 @@ def _terminate(signum: int, _frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--dest", default=DEFAULT_DEST, help=f"cache root (default {DEFAULT_DEST})")
     parser.add_argument("--json", action="store_true", help="print a JSON object of what was built")
     parser.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
