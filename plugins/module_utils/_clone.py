@@ -83,7 +83,7 @@ def normalize_uuid(value: str) -> str:
 
 def new_mac(used: set[str]) -> str:
     """A random MAC in QEMU's 52:54:00 range that is not in ``used`` (which it extends)."""
-    for _ in range(1000):
+    for _attempt in range(1000):
         mac = MAC_PREFIX + ":" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         if mac not in used:
             used.add(mac)
@@ -670,7 +670,7 @@ class CloneManager:
                     hint="Remove it or choose another xml_dir.",
                 )
             uuid = s["uuid"] or new_uuid(batch_uuids)
-            macs = list(s["macs"]) + [new_mac(batch_macs) for _ in range(n_ifaces - len(s["macs"]))]
+            macs = list(s["macs"]) + [new_mac(batch_macs) for _i in range(n_ifaces - len(s["macs"]))]
             root = transform(
                 tpl["root"],
                 name=s["name"],
@@ -916,7 +916,7 @@ class CloneManager:
         result["changed"] = result["changed"] or base_changed
         failed = [(n, o["error"]) for n, o in outcomes.items() if not o["ok"]]
         if failed:
-            names = ", ".join(n for n, _ in failed)
+            names = ", ".join(n for n, _why in failed)
             why = "; ".join(f"{n}: {e}" for n, e in failed)
             raise KvmError(
                 f"{len(failed)} of {len(plan['items'])} clone(s) failed ({names}); each failed clone was rolled "
@@ -924,7 +924,7 @@ class CloneManager:
                 changed=result["changed"],
                 clones=result["clones"],
                 bases=result["bases"],
-                failed_clones=[n for n, _ in failed],
+                failed_clones=[n for n, _why in failed],
             )
         return result
 

@@ -343,7 +343,7 @@ def carry_identity(wanted, current) -> list[str]:
     wdev, cdev = wanted.find("devices"), current.find("devices")
     if wdev is not None and cdev is not None:
         only_ifaces = [i for i in wdev if i.tag == "interface"]
-        pairs, _ = pair(only_ifaces, [i for i in cdev if i.tag == "interface"], "domain/devices")
+        pairs = pair(only_ifaces, [i for i in cdev if i.tag == "interface"], "domain/devices")[0]
         for w, c in pairs:
             if c is None or w.find("mac") is not None or c.find("mac") is None:
                 continue

@@ -23,7 +23,7 @@ description:
   - Each clone is created atomically (a failed define or start removes that clone's disks), and a host-wide
     lock keeps concurrent runs from picking the same MAC address.
 author:
-  - virtops.kvm contributors
+  - virtops.kvm developers (@virtops)
 extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.attributes
@@ -288,7 +288,7 @@ def main() -> None:
         with Connection(p["uri"]) as c:
             manager = CloneManager(
                 c.conn,
-                lambda argv: module.run_command(argv),
+                module.run_command,
                 template=p["template"],
                 template_xml=p["template_xml"],
                 name=p["name"],

@@ -18,7 +18,7 @@ description:
   - "Removals count where presence means something: a device, a top-level element such as C(<title>) or
     C(<features>), a child of C(<os>) or C(<features>), or a flag directly inside a device (C(<readonly/>)).
     An attribute or a deeper element the XML omits keeps libvirt's value: to change it, write it."
-  - Check mode has no side effects and predicts the same RV(changed) and diff as a real run, with the same
+  - Check mode has no side effects and predicts the same C(changed) and diff as a real run, with the same
     comparison rules (nothing is defined anywhere to find out).
 author:
   - virtops.kvm developers (@virtops)
@@ -29,7 +29,7 @@ attributes:
   check_mode:
     support: full
     details:
-      - Nothing is defined, started, stopped or deleted; RV(changed), RV(changes), RV(removed_files) and the
+      - Nothing is defined, started, stopped or deleted; C(changed), RV(changes), RV(removed_files) and the
         diff are those a real run would report.
   diff_mode:
     support: full
@@ -211,7 +211,7 @@ domain:
   contains:
     name: {description: Name., type: str, returned: always, sample: web1}
     uuid: {description: UUID., type: str, returned: always, sample: 16a16955-5bad-4175-b74c-78069b24e361}
-    id: {description: Numeric id while running, else null., type: int, returned: always, sample: 7}
+    id: {description: 'Numeric id while running, else null.', type: int, returned: always, sample: 7}
     state:
       description: One of V(running), V(blocked), V(paused), V(in_shutdown), V(shutoff), V(crashed),
         V(pmsuspended), V(nostate).
@@ -231,8 +231,8 @@ domain:
     cpu_time_ns: {description: CPU time used in nanoseconds., type: int, returned: always, sample: 3520000000}
     domain_type: {description: V(kvm) or V(qemu) (or another driver's type)., type: str, returned: always,
                   sample: qemu}
-    title: {description: Title, or null., type: str, returned: always, sample: Web server}
-    description: {description: Description, or null., type: str, returned: always, sample: null}
+    title: {description: 'Title, or null.', type: str, returned: always, sample: Web server}
+    description: {description: 'Description, or null.', type: str, returned: always, sample: null}
     os:
       description: OS type, architecture and machine type.
       type: dict

@@ -33,7 +33,7 @@ def runner(argv):
 
 
 def template_xml(name: str, disk: str, fmt: str = "qcow2", ifaces: int = 1) -> str:
-    nics = "".join("<interface type='user'><model type='virtio'/></interface>" for _ in range(ifaces))
+    nics = "".join("<interface type='user'><model type='virtio'/></interface>" for _i in range(ifaces))
     return f"""<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64'>hvm</type></os><devices>
 <disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{disk}'/>

@@ -25,7 +25,7 @@ URI = "test:///default"
 def keeper():
     # test:///default keeps its state only while a connection is open
     c = Connection(URI)
-    _ = c.conn
+    assert c.conn is not None
     yield c
     c.close()
 
@@ -303,9 +303,9 @@ def test_info_lists_and_filters(conn, name):
     domains, missing = dm.list_domains(conn, URI, names=[name, "nope"], with_xml=True)
     assert [d["name"] for d in domains] == [name] and missing == ["nope"]
     assert domains[0]["state"] == "shutoff" and domains[0]["title"] == "t1" and "<domain" in domains[0]["xml"]
-    running, _ = dm.list_domains(conn, URI, states=["running"])
+    running = dm.list_domains(conn, URI, states=["running"])[0]
     assert name not in [d["name"] for d in running] and "test" in [d["name"] for d in running]
-    off, _ = dm.list_domains(conn, URI, states=["shutdown"])
+    off = dm.list_domains(conn, URI, states=["shutdown"])[0]
     assert name in [d["name"] for d in off]
 
 
