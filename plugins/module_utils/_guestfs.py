@@ -225,9 +225,16 @@ class GuestfsSession:
     ``launches`` counts appliance launches (tests assert it is 1).
     """
 
-    def __init__(self, drives: list[dict], force_tcg: bool = False, handle_factory: Callable | None = None):
+    def __init__(
+        self,
+        drives: list[dict],
+        force_tcg: bool = False,
+        handle_factory: Callable | None = None,
+        tcg_reason: str | None = None,
+    ):
         self.drives = drives
         self.force_tcg = force_tcg
+        self.tcg_reason = tcg_reason
         self.handle_factory = handle_factory or _default_handle
         self.g = None
         self.launches = 0
@@ -583,7 +590,12 @@ def read_guest(
         dirs=dirs,
         inspection=inspection,
         warnings_list=list(session.warnings),
-        appliance=dict(launches=session.launches, backend=session.backend, force_tcg=session.force_tcg),
+        appliance=dict(
+            launches=session.launches,
+            backend=session.backend,
+            force_tcg=session.force_tcg,
+            force_tcg_reason=session.tcg_reason,
+        ),
     )
     if dest is not None:
         result["diff"] = dict(before={"dest_files": []}, after={"dest_files": dest_changes})
@@ -883,7 +895,9 @@ class GuestfsManager:
         return out
 
     def session(self, drives: list[dict]) -> GuestfsSession:
-        return GuestfsSession(drives, force_tcg=self.force_tcg, handle_factory=self.handle_factory)
+        return GuestfsSession(
+            drives, force_tcg=self.force_tcg, handle_factory=self.handle_factory, tcg_reason=self.tcg_reason
+        )
 
     # -- states
 
@@ -913,7 +927,6 @@ class GuestfsManager:
             check_mode=self.check_mode,
         )
         self.warnings.extend(result.pop("warnings_list"))
-        result["appliance"]["force_tcg_reason"] = self.tcg_reason
         result.update(mounted=False, mount_point=None)
         return result
 
