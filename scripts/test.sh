@@ -30,6 +30,8 @@ stage_unit() {
   pytest -q -p no:cacheprovider tests/unit
 }
 
+# extra ansible-test sanity arguments, e.g. SANITY_ARGS="--test pylint"
+read -r -a SANITY_ARGS <<< "${SANITY_ARGS:-}"
 stage_sanity() {
   banner "ansible-test sanity"
   local tmp
@@ -41,7 +43,7 @@ stage_sanity() {
   # (scripts/, bench/, .ci/: plain Python/bash programs, linted by ruff instead).
   git ls-files -co --exclude-standard -z -- . ':!scripts' ':!bench' ':!.ci' \
     | xargs -0 cp --parents -t "$tmp/ansible_collections/virtops/kvm"
-  (cd "$tmp/ansible_collections/virtops/kvm" && ansible-test sanity --venv --python 3.11 --color no)
+  (cd "$tmp/ansible_collections/virtops/kvm" && ansible-test sanity --venv --python 3.11 --color no "${SANITY_ARGS[@]}")
 }
 
 stage_integration() {
