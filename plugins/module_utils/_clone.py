@@ -581,7 +581,7 @@ class CloneManager:
             dest_dir = self._check_dir(dest_dir, "dest_dir")
         elif dest_dir is not None:
             dest_dir = os.path.normpath(dest_dir)
-        xml_dir = self._check_dir(self.xml_dir, "xml_dir") if self.xml_dir else None
+        xml_dir = self._plan_xml_dir()
         if tpl is not None and self.template is not None and self.template in {s["name"] for s in self.specs}:
             raise InvalidInput(f"A clone cannot have the template's name {self.template!r}.")
 
@@ -608,7 +608,7 @@ class CloneManager:
         for s in self.specs:
             existing = host.get(s["name"])
             if s["state"] == "absent":
-                items.append(self._plan_absent(s, existing, tpl))
+                items.append(self._plan_absent(s, existing, tpl, xml_dir))
                 continue
             if existing is not None:
                 items.append(self._plan_existing(s, existing, tpl, dest_dir, xml_dir))
@@ -669,6 +669,9 @@ class CloneManager:
                     f"XML file {xml_path} for clone {s['name']!r} already exists and is not overwritten.",
                     hint="Remove it or choose another xml_dir.",
                 )
+            if xml_path:
+                # recorded so that a later state=absent finds it even without xml_dir
+                created.append(dict(path=xml_path, mode="xml"))
             uuid = s["uuid"] or new_uuid(batch_uuids)
             macs = list(s["macs"]) + [new_mac(batch_macs) for _i in range(n_ifaces - len(s["macs"]))]
             root = transform(
@@ -711,6 +714,20 @@ class CloneManager:
                         hint="Shut them down first; an overlay's base must never change.",
                     )
         return dict(template=tpl, items=items, bases=bases, dest_dir=dest_dir, xml_dir=xml_dir)
+
+    def _plan_xml_dir(self) -> str | None:
+        """The checked xml_dir; a batch that only removes does not need it to exist.
+
+        Writing XML files needs an existing, writable directory. When every
+        clone is absent, a missing xml_dir just means there is no XML file
+        there to remove.
+        """
+        if not self.xml_dir:
+            return None
+        removal_only = all(s["state"] == "absent" for s in self.specs)
+        if removal_only and os.path.isabs(self.xml_dir) and not os.path.lexists(self.xml_dir):
+            return None
+        return self._check_dir(self.xml_dir, "xml_dir")
 
     @staticmethod
     def _xml_path(xml_dir: str | None, name: str) -> str | None:
@@ -837,9 +854,9 @@ class CloneManager:
         prov = dx.provenance(root)
         return bool(prov and dx.name_of(root) == name and (uuid is None or dx.uuid_of(root) == uuid))
 
-    def _plan_absent(self, s: dict, existing: dict | None, tpl: dict | None) -> dict:
+    def _plan_absent(self, s: dict, existing: dict | None, tpl: dict | None, xml_dir: str | None) -> dict:
         if existing is None:
-            xml_path = self._xml_path(self.xml_dir, s["name"])
+            xml_path = self._xml_path(xml_dir, s["name"])
             stale_xml = xml_path if xml_path and self._our_xml_file(xml_path, s["name"], None) else None
             return dict(
                 action="remove_xml" if stale_xml else "none",
@@ -850,6 +867,7 @@ class CloneManager:
                 disks=[],
                 files=[],
                 xml_path=stale_xml,
+                xml_paths=[stale_xml] if stale_xml else [],
                 absent=True,
             )
         root = existing["root"]
@@ -874,9 +892,7 @@ class CloneManager:
                     files.append(dict(path=c["path"], nvram=True))
             elif c["path"] in in_use:
                 files.append(dict(path=c["path"], nvram=False))
-        xml_path = self._xml_path(self.xml_dir, s["name"])
-        if xml_path and not self._our_xml_file(xml_path, s["name"], existing["uuid"]):
-            xml_path = None
+        xml_paths = self._xml_files_to_remove(prov, xml_dir, s["name"], existing["uuid"])
         return dict(
             action="remove",
             spec=s,
@@ -887,9 +903,35 @@ class CloneManager:
             files=files,
             dom=existing["dom"],
             active=existing["active"],
-            xml_path=xml_path,
+            xml_path=xml_paths[0] if xml_paths else None,
+            xml_paths=xml_paths,
             absent=True,
         )
+
+    def _xml_files_to_remove(self, prov: dict, xml_dir: str | None, name: str, uuid: str) -> list[str]:
+        """The clone's XML files: the one its provenance records, and the one in xml_dir if given.
+
+        Each only if it is still this clone's XML (name, UUID, provenance), so
+        a forged record or a replaced file deletes nothing else. Clones made
+        before the record existed are found through xml_dir alone.
+        """
+        recorded = [
+            c["path"]
+            for c in prov["created_disks"]
+            if c["mode"] == "xml"
+            and c["path"]
+            and os.path.isabs(c["path"])
+            and os.path.basename(c["path"]) == f"{name}.xml"
+        ]
+        given = self._xml_path(xml_dir, name)
+        out, seen = [], set()
+        for path in [*recorded, *([given] if given else [])]:
+            real = os.path.realpath(path)
+            if real in seen or not self._our_xml_file(path, name, uuid):
+                continue
+            seen.add(real)
+            out.append(path)
+        return out
 
     # ------------------------------------------------------------ acting
 
@@ -898,7 +940,8 @@ class CloneManager:
         if self.check_mode:
             plan = self.plan(scan_host(self.conn))
             outcomes = {i["name"]: dict(ok=True, changed=i["action"] != "none") for i in plan["items"]}
-            return self._result(plan, outcomes, removed=[], kept=[])
+            removed, kept = self._preview_removals([i for i in plan["items"] if i.get("absent")])
+            return self._result(plan, outcomes, removed=removed, kept=kept)
         with HostLock(self.lock_path, self.lock_timeout):
             plan = self.plan(scan_host(self.conn))
             outcomes: dict[str, dict] = {}
@@ -1000,16 +1043,16 @@ class CloneManager:
     def _remove_all(self, items: list[dict], outcomes: dict) -> tuple[list[str], list[dict]]:
         """Destroy and undefine the clones, then delete the files they alone used."""
         lv = _deps.libvirt
-        removed, kept = [], []
+        removed = []
         going = {i["name"] for i in items if i["action"] == "remove"}
-        candidates = [f["path"] for i in items if i["action"] == "remove" for f in i["files"] if not f["nvram"]]
         for item in items:
             if item["action"] == "none":
                 outcomes[item["name"]] = dict(ok=True, changed=False)
                 continue
             if item["action"] == "remove_xml":
-                _unlink(item["xml_path"])
-                removed.append(item["xml_path"])
+                for path in item["xml_paths"]:
+                    _unlink(path)
+                    removed.append(path)
                 outcomes[item["name"]] = dict(ok=True, changed=True)
                 continue
             dom = item["dom"]
@@ -1024,25 +1067,50 @@ class CloneManager:
             for f in item["files"]:
                 if f["nvram"] and item["name"] in going and not os.path.exists(f["path"]):
                     removed.append(f["path"])  # libvirt removed it with the domain
-        users = st.disk_users(self.conn, candidates) if candidates else {}
+        deletable, kept = self._disk_fates(items, going)
         for item in items:
             if item["action"] != "remove" or item["name"] not in going:
                 continue
+            for path in deletable[item["name"]] + item["xml_paths"]:
+                if os.path.lexists(path):
+                    _unlink(path)
+                    removed.append(path)
+        return removed, kept
+
+    def _preview_removals(self, items: list[dict]) -> tuple[list[str], list[dict]]:
+        """Check mode: the files a real run would delete (and keep), found the same way; touches nothing."""
+        going = {i["name"] for i in items if i["action"] == "remove"}
+        deletable, kept = self._disk_fates(items, going)
+        removed = []
+        for item in items:
+            if item["action"] == "remove_xml":
+                removed += item["xml_paths"]
+            elif item["action"] == "remove":
+                nvram = [f["path"] for f in item["files"] if f["nvram"] and os.path.exists(f["path"])]
+                removed += [p for p in nvram + deletable[item["name"]] + item["xml_paths"] if os.path.lexists(p)]
+        return removed, kept
+
+    def _disk_fates(self, items: list[dict], going: set[str]) -> tuple[dict[str, list[str]], list[dict]]:
+        """Per removed clone, the disk files it created that no other domain uses; the rest are kept."""
+        candidates = [f["path"] for i in items if i["name"] in going for f in i["files"] if not f["nvram"]]
+        users = st.disk_users(self.conn, candidates) if candidates else {}
+        deletable: dict[str, list[str]] = {}
+        kept = []
+        for item in items:
+            if item["name"] not in going:
+                continue
+            deletable[item["name"]] = []
             for f in item["files"]:
                 if f["nvram"]:
                     continue
                 others = sorted({u["domain"] for u in users.get(f["path"], []) if u["domain"] not in going})
                 if others:
                     kept.append(dict(path=f["path"], used_by=others))
-                    self.warnings.append(f"Kept {f['path']}: still used by {', '.join(others)}.")
+                    verb = "Would keep" if self.check_mode else "Kept"
+                    self.warnings.append(f"{verb} {f['path']}: still used by {', '.join(others)}.")
                     continue
-                if os.path.lexists(f["path"]):
-                    _unlink(f["path"])
-                    removed.append(f["path"])
-            if item["xml_path"] and os.path.lexists(item["xml_path"]):
-                _unlink(item["xml_path"])
-                removed.append(item["xml_path"])
-        return removed, kept
+                deletable[item["name"]].append(f["path"])
+        return deletable, kept
 
     def _protect_bases(self, plan: dict, outcomes: dict) -> bool:
         """chmod a-w every base that now has overlays; the course's 'never modify a base'."""

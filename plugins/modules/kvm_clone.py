@@ -31,8 +31,9 @@ attributes:
   check_mode:
     support: full
     details:
-      - Returns the plan (clones, disk paths, the MACs and UUIDs that would be generated) without touching a file
-        or a domain. Generated MACs and UUIDs differ from those a real run picks.
+      - Returns the plan (clones, disk paths, the MACs and UUIDs that would be generated; for O(state=absent) the
+        files that would be removed) without touching a file or a domain. Generated MACs and UUIDs differ from
+        those a real run picks.
   diff_mode:
     support: full
   idempotent:
@@ -77,7 +78,10 @@ options:
   xml_dir:
     description:
       - When set, each clone's domain XML is also written to C(<xml_dir>/<clone>.xml) (as the course keeps
-        C(stu01.xml)) and kept in step with the defined domain. Removed with the clone.
+        C(stu01.xml)) and kept in step with the defined domain. The file is recorded in the clone's provenance,
+        so O(state=absent) removes it (if it is still that clone's XML) whether or not O(xml_dir) is given again.
+      - Must exist and be writable when clones are created or kept present. With O(state=absent) a missing
+        O(xml_dir) is not an error; it just holds no XML file to remove.
     type: path
   domain_type:
     description:
@@ -186,9 +190,10 @@ clones:
       type: str
       sample: running
     xml_file:
-      description: The clone's XML file in O(xml_dir).
+      description: The clone's XML file in O(xml_dir), or for O(state=absent) the XML file that is (or in check
+        mode would be) removed.
       type: str
-      returned: when O(xml_dir) is set
+      returned: when O(xml_dir) is set, or with O(state=absent) when the clone has an XML file to remove
       sample: /kvmfile/stu01.xml
     failed:
       description: Set when this clone failed (it was rolled back).
@@ -220,13 +225,15 @@ bases:
       elements: str
       sample: [stu01, stu02]
 removed_files:
-  description: Files deleted by O(state=absent).
-  returned: when files were removed
+  description: Files deleted by O(state=absent) (disks, NVRAM and XML files the clone created); in check mode,
+    the files that would be deleted.
+  returned: when files were (or in check mode would be) removed
   type: list
   elements: str
   sample: [/kvmfile/stu01.qcow2, /kvmfile/stu01.xml]
 kept_files:
-  description: Files a removed clone created that were kept because another domain still uses them.
+  description: Files a removed clone created that were (or in check mode would be) kept because another domain
+    still uses them.
   returned: when files were kept
   type: list
   elements: dict

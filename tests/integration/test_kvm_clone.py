@@ -147,6 +147,29 @@ def test_batch_of_20_then_absent_removes_only_its_files(conn, tpl, prefix, scrat
     assert tpl["disk"].exists()
 
 
+def test_absent_finds_the_xml_file_without_xml_dir_and_needs_no_xml_dir(conn, tpl, prefix, scratch):
+    n, m = f"{prefix}-x1", f"{prefix}-x2"
+    xml_dir = scratch / "xml"
+    xml_dir.mkdir()
+    assert_four_ways(
+        four_ways("kvm_clone", dict(template=tpl["name"], name=n, xml_dir=str(xml_dir), domain_type="qemu"))
+    )
+    assert (xml_dir / f"{n}.xml").exists()
+    results = four_ways("kvm_clone", dict(name=n, state="absent"))  # xml_dir not given again
+    assert_four_ways(results)
+    want = sorted([str(scratch / f"{n}.qcow2"), str(xml_dir / f"{n}.xml")])
+    assert sorted(results[0]["removed_files"]) == want  # check mode names what it would remove
+    assert sorted(results[1]["removed_files"]) == want
+    assert list(xml_dir.iterdir()) == []
+
+    r = run_module("kvm_clone", dict(template=tpl["name"], name=m, domain_type="qemu"))
+    assert r["changed"] is True, r.get("msg")
+    results = four_ways("kvm_clone", dict(name=m, state="absent", xml_dir=str(scratch / "missing")))
+    assert_four_ways(results)
+    assert results[1]["removed_files"] == [str(scratch / f"{m}.qcow2")]
+    assert my_domains(conn, prefix) == [tpl["name"]]
+
+
 def test_existing_clone_that_differs_is_an_error_not_overwritten(conn, tpl, prefix, scratch):
     n = f"{prefix}-m"
     r = run_module("kvm_clone", dict(template=tpl["name"], name=n, domain_type="qemu"))
