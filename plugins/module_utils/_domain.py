@@ -163,6 +163,7 @@ def domain_info(dom, uri: str, with_xml: bool = False, pending_restart: bool | N
         interfaces=dx.interfaces(root),
         consoles=dx.consoles(root),
         config_file=config_file(uri, name) if persistent else None,
+        provenance=dx.provenance(inactive_root),
         pending_restart=bool(pending_restart),
     )
     if with_xml:

@@ -268,6 +268,24 @@ domain:
       type: str
       returned: always
       sample: /etc/libvirt/qemu/web1.xml
+    provenance:
+      description:
+        - What virtops.kvm.kvm_clone recorded in the domain's C(<metadata>) when it made this domain, or null
+          for a domain it did not make.
+        - Used to tell a fleet's clones from other domains, and by O(remove_storage=overlays).
+      type: dict
+      returned: always
+      contains:
+        template: {description: The template domain's name., type: str, returned: success, sample: stu-template}
+        mode: {description: Clone mode, V(overlay) or V(copy)., type: str, returned: success, sample: overlay}
+        created_by: {description: Always V(virtops.kvm)., type: str, returned: success, sample: virtops.kvm}
+        created_disks:
+          description: The files kvm_clone created for the clone (disks, NVRAM, its XML file).
+          type: list
+          elements: dict
+          returned: success
+          sample: [{path: /kvmfile/stu01.qcow2, base: /kvmfile/base.qcow2, mode: overlay, format: qcow2}]
+      sample: null
     pending_restart:
       description: Same as the top-level RV(pending_restart).
       type: bool

@@ -92,6 +92,7 @@ domains:
       interfaces: [{type: user, mac: "52:54:00:e3:1e:96", source: null, model: virtio}]
       consoles: [{device: serial, type: pty, path: /dev/pts/3, target_type: isa-serial, port: "0"}]
       config_file: /etc/libvirt/qemu/web1.xml
+      provenance: null
       pending_restart: false
 missing:
   description: Names given in O(name) that are not defined.

@@ -313,3 +313,20 @@ def test_config_file_paths():
     assert dm.config_file("qemu:///system", "a") == "/etc/libvirt/qemu/a.xml"
     assert dm.config_file("qemu+ssh://root@h/system", "a") == "/etc/libvirt/qemu/a.xml"
     assert dm.config_file("test:///default", "a") is None
+
+
+def test_domain_info_carries_the_clone_provenance(conn, name, tmp_path):
+    # A fleet role tells its clones from other domains by this record, not by parsing XML.
+    overlay = str(tmp_path / "c.qcow2")
+    r = run(name, xml=_with_provenance(xml(name, disk=overlay), overlay))
+    assert r["domain"]["provenance"] == dict(
+        template="t",
+        mode="overlay",
+        created_by="virtops.kvm",
+        created_disks=[dict(path=overlay, base=None, mode="overlay", format=None)],
+    )
+    listed, missing = dm.list_domains(conn, URI, names=[name])
+    assert missing == [] and listed[0]["provenance"]["template"] == "t"
+    run(name, state="absent")
+    run(name, xml=xml(name, disk=overlay))
+    assert run(name)["domain"]["provenance"] is None
