@@ -51,6 +51,8 @@ KNOWN_FORMATS = ("raw", "qcow2", "qed", "vmdk", "vdi", "vhdx", "vpc", "parallels
 # Filesystem types list_filesystems reports that can never be a guest's root.
 _NOT_MOUNTABLE = ("swap", "unknown", "", "crypto_LUKS", "LVM2_member", "linux_raid_member")
 DEFAULT_MAX_SIZE = 1024 * 1024
+# pread chunk: well below the libguestfs protocol's 4 MiB message limit
+_CHUNK = 1024 * 1024
 PID_DIR = "/run/virtops-kvm"
 
 _TCG_HINT = (
@@ -395,7 +397,7 @@ class GuestfsSession:
                 try:
                     if not self.g.is_file(path, followsymlinks=True) or self.g.statns(path)["st_size"] > 4 << 20:
                         continue
-                    text = self.g.read_file(path).decode("utf-8", "replace")
+                    text = self._read_bytes(path, 4 << 20).decode("utf-8", "replace")
                 except RuntimeError:
                     continue
                 for line in text.splitlines():
@@ -403,6 +405,21 @@ class GuestfsSession:
                     if len(parts) >= 3 and parts[2].isdigit():
                         self._ids[name].setdefault(int(parts[2]), parts[0])
         return self._ids
+
+    def _read_bytes(self, path: str, max_size: int) -> bytes:
+        """The file's bytes by pread in chunks, stopping past ``max_size``.
+
+        pread is one protocol round trip (~5 ms under TCG); read_file/cat go
+        through a temporary file and cost ~380 ms each, which made 20 files
+        take a third longer than one.
+        """
+        chunks, total = [], 0
+        while True:
+            data = bytes(self.g.pread(path, _CHUNK, total))
+            chunks.append(data)
+            total += len(data)
+            if len(data) < _CHUNK or total > max_size:
+                return b"".join(chunks)
 
     def read(self, path: str, max_size: int = DEFAULT_MAX_SIZE) -> tuple[dict, bytes | None]:
         """One file: its metadata and content, or ``exists: false``, or an ``error`` that says why not.
@@ -439,7 +456,7 @@ class GuestfsSession:
             entry["error"] = _too_large(path, st["st_size"], max_size)
             return entry, None
         try:
-            data = bytes(g.read_file(path))
+            data = self._read_bytes(path, max_size)
         except RuntimeError as exc:
             entry["error"] = f"Reading {path} failed: {_runtime_message(exc)}"
             return entry, None
@@ -633,7 +650,7 @@ def mount_entry(mount_point: str, mountinfo: str = "/proc/self/mountinfo") -> di
     except OSError as exc:
         raise GuestfsError(f"Cannot read {mountinfo}: {exc.strerror}.") from exc
     for line in lines:
-        left, _, right = line.partition(" - ")
+        left, _sep, right = line.partition(" - ")
         fields, rest = left.split(" "), right.split(" ")
         if len(fields) < 5 or len(rest) < 2:
             continue

@@ -316,7 +316,7 @@ def main() -> None:
         module.check_mode,
         connect=connect,
         runner=runner,
-        which=lambda tool: module.get_bin_path(tool),
+        which=module.get_bin_path,
     )
 
     def work() -> dict:

@@ -122,9 +122,11 @@ class FakeGuestFS:
         data, mode, uid, gid = self.files[path]
         return dict(st_mode=mode, st_size=len(data), st_uid=uid, st_gid=gid, st_mtime_sec=1700000000)
 
-    def read_file(self, path):
-        self.calls.append(("read_file", path))
-        return self.files[path][0]
+    def pread(self, path, count, offset):
+        self.calls.append(("pread", path))
+        if path not in self.files:
+            raise RuntimeError(f"pread: {path}: No such file or directory")
+        return self.files[path][0][offset : offset + count]
 
     def ls(self, path):
         prefix = path.rstrip("/") + "/"
@@ -264,8 +266,16 @@ def test_oversized_file_is_an_error_never_truncated():
     assert entry["size"] == 2000 and entry["exists"] is True
     assert "2000 bytes" in entry["error"] and "max_size 1000" in entry["error"]
     assert "2000 bytes" in exc.value.message
-    assert ("read_file", "/var/big") not in h.calls  # not even read
+    assert ("pread", "/var/big") not in h.calls  # not even read
     assert exc.value.details["files"]["/etc/hosts"]["content"] == "small"
+
+
+def test_large_file_is_read_in_chunks_whole():
+    data = bytes(range(256)) * 9000  # 2.2 MiB: three 1 MiB preads
+    h = guest(files={"/var/big.bin": reg(data)})
+    f = gf.read_guest(session(h), paths=["/var/big.bin"], max_size=4 << 20)["files"]["/var/big.bin"]
+    assert base64.b64decode(f["content_b64"]) == data
+    assert h.calls.count(("pread", "/var/big.bin")) == 3
 
 
 def test_file_exactly_max_size_is_read():
