@@ -277,7 +277,7 @@ domain:
       returned: always
       contains:
         template: {description: The template domain's name., type: str, returned: success, sample: stu-template}
-        mode: {description: Clone mode, V(overlay) or V(copy)., type: str, returned: success, sample: overlay}
+        mode: {description: 'Clone mode, V(overlay) or V(copy).', type: str, returned: success, sample: overlay}
         created_by: {description: Always V(virtops.kvm)., type: str, returned: success, sample: virtops.kvm}
         created_disks:
           description: The files kvm_clone created for the clone (disks, NVRAM, its XML file).

@@ -120,7 +120,7 @@ def test_read_disks_with_explicit_mounts_and_dest_four_ways(world):
     }
     results = four_ways("kvm_guestfs", args)
     assert_four_ways(results, first_changes=True)
-    check1, real1, real2, _ = results
+    check1, real1, real2 = results[:3]
     for r in results:
         assert r["inspection"] is None  # mounts given: no inspection
         assert r["files"]["/etc/virtops-note.txt"]["content"] == NOTE
@@ -194,7 +194,7 @@ def test_running_domain_refused_then_allowed(world, conn, guest):
 def _mount_fstype(mount_point: str) -> str | None:
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            left, _, right = line.partition(" - ")
+            left, _sep, right = line.partition(" - ")
             if left.split(" ")[4] == mount_point:
                 return right.split(" ")[0]
     return None

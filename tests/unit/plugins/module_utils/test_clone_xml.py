@@ -174,18 +174,18 @@ def test_provenance_written_and_other_metadata_kept():
 
 
 def test_memory_vcpus_overrides():
-    _, root = make(memory_mib=2048, vcpus=4)
+    _xml, root = make(memory_mib=2048, vcpus=4)
     assert cl.memory_mib(root) == 2048
     assert root.find("currentMemory").text == str(2048 * 1024)
     assert cl.vcpus_of(root) == 4
     assert "current" not in root.find("vcpu").attrib
     assert root.find("cpu/topology") is None  # 1x2x1 no longer adds up to 4
-    _, root = make(vcpus=2)
+    _xml, root = make(vcpus=2)
     assert root.find("cpu/topology") is not None
 
 
 def test_nvram_without_source_file_is_regenerated():
-    _, root = make(nvram_path=None)
+    _xml, root = make(nvram_path=None)
     assert root.find("os/nvram").text is None
 
 

@@ -399,7 +399,7 @@ def test_resolve_drives_missing_disk_and_missing_backing_file(qcow2, tmp_path):
 
 
 def test_resolve_drives_unknown_format_and_relative_path(qcow2):
-    top, _ = qcow2
+    top = qcow2[0]
     with pytest.raises(InvalidInput) as exc:
         gf.resolve_drives([{"path": str(top), "format": "qcow3"}])
     assert "Unknown disk image format 'qcow3'" in exc.value.message and "qcow2" in exc.value.hint
@@ -616,7 +616,7 @@ def manager(conn, params, handle, check_mode=False):
 
 def test_manager_reads_domain_disks(testconn, qcow2):
     conn, created = testconn
-    top, _ = qcow2
+    top = qcow2[0]
     define(conn, created, "vt-gfs-off", top, running=False)
     h = guest(files={"/etc/hosts": reg(b"hi")})
     r = manager(conn, dict(domain="vt-gfs-off", paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}), h).run()
@@ -627,7 +627,7 @@ def test_manager_reads_domain_disks(testconn, qcow2):
 
 def test_manager_refuses_running_domain_unless_allowed(testconn, qcow2):
     conn, created = testconn
-    top, _ = qcow2
+    top = qcow2[0]
     define(conn, created, "vt-gfs-on", top, running=True)
     h = guest(files={"/etc/hosts": reg(b"hi")})
     with pytest.raises(GuestfsError) as exc:
@@ -646,7 +646,7 @@ def test_manager_refuses_running_domain_unless_allowed(testconn, qcow2):
 
 
 def test_manager_unknown_domain(testconn):
-    conn, _ = testconn
+    conn = testconn[0]
     from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound
 
     with pytest.raises(DomainNotFound):
@@ -654,14 +654,14 @@ def test_manager_unknown_domain(testconn):
 
 
 def test_manager_paths_refused_with_mount_states(testconn):
-    conn, _ = testconn
+    conn = testconn[0]
     with pytest.raises(InvalidInput):
         manager(conn, dict(state="unmounted", mount_point="/srv/x", paths=["/etc/hosts"]), guest()).run()
 
 
 def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path, monkeypatch):
-    conn, _ = testconn
-    top, _ = qcow2
+    conn = testconn[0]
+    top = qcow2[0]
     mp = tmp_path / "mp"
     runner = FakeRunner([])
     m = manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest(), check_mode=True)
@@ -678,7 +678,7 @@ def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path,
 
 
 def test_manager_mounted_again_is_unchanged_and_other_disks_conflict(testconn, qcow2, tmp_path, monkeypatch):
-    conn, _ = testconn
+    conn = testconn[0]
     top, base = qcow2
     monkeypatch.setattr(gf.GuestMount, "entry", lambda self: {"fstype": "fuse", "source": "/dev/fuse"})
     monkeypatch.setattr(gf.GuestMount, "mounted_images", lambda self: [str(top)])
