@@ -1051,7 +1051,7 @@ class CloneManager:
                 continue
             if item["action"] == "remove_xml":
                 for path in item["xml_paths"]:
-                    _unlink(path)
+                    st.unlink(path)
                     removed.append(path)
                 outcomes[item["name"]] = dict(ok=True, changed=True)
                 continue
@@ -1073,7 +1073,7 @@ class CloneManager:
                 continue
             for path in deletable[item["name"]] + item["xml_paths"]:
                 if os.path.lexists(path):
-                    _unlink(path)
+                    st.unlink(path)
                     removed.append(path)
         return removed, kept
 
@@ -1248,12 +1248,3 @@ def _write_replace(path: str, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StorageError(f"Cannot delete {path}: {exc.strerror}.") from exc

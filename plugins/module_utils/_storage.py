@@ -188,6 +188,11 @@ def remove_file(path: str, conn=None, allowed_roots: Iterable[str] | None = None
         real = os.path.realpath(path)
         if not any(real.startswith(os.path.realpath(r) + os.sep) for r in allowed_roots):
             raise StorageError(f"Refusing to delete {path}: it is outside {', '.join(allowed_roots)}.")
+    unlink(path)
+
+
+def unlink(path: str) -> None:
+    """Delete a file that may already be gone; any other failure is a StorageError."""
     try:
         os.unlink(path)
     except FileNotFoundError:
