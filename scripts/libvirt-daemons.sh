@@ -45,7 +45,11 @@ case $action in
     ;;
   stop)
     for d in libvirtd virtlogd; do
-      if alive "/run/$d.pid"; then kill -TERM "$(cat "/run/$d.pid")"; say "stopped $d"; fi
+      if alive "/run/$d.pid"; then
+        kill -TERM "$(cat "/run/$d.pid")"
+        for _ in $(seq 1 60); do alive "/run/$d.pid" || break; sleep 0.5; done
+        say "stopped $d"
+      fi
     done
     ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;

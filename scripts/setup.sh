@@ -93,5 +93,14 @@ if [ -n "$pipver" ]; then
 fi
 
 # ---- libvirt daemons -------------------------------------------------------
+# In a chroot, / is not a mount point, and QEMU's private mount namespace (on by
+# default) cannot be set up: every domain start fails with "Failed disable mount
+# propagation out of the root filesystem". Turn the namespace off only there.
+qemu_conf=/etc/libvirt/qemu.conf
+if ! mountpoint -q / && [ -f "$qemu_conf" ] && ! grep -Eq '^[[:space:]]*namespaces[[:space:]]*=' "$qemu_conf"; then
+  printf '\n# added by virtops.kvm scripts/setup.sh: / is not a mount point (chroot)\nnamespaces = []\n' >> "$qemu_conf"
+  say "/ is not a mount point (chroot): disabled QEMU mount namespaces in $qemu_conf"
+  bash scripts/libvirt-daemons.sh stop >/dev/null
+fi
 bash scripts/libvirt-daemons.sh start
 say "done"
