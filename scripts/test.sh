@@ -21,6 +21,8 @@ stage_lint() {
   banner "ruff"
   ruff check .
   ruff format --check .
+  banner "antsibull-changelog lint (changelogs/fragments)"
+  antsibull-changelog lint
   banner "ansible-lint (production profile)"
   ansible-lint --profile production roles playbooks
 }
