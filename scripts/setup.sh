@@ -92,6 +92,15 @@ if [ -n "$pipver" ]; then
   fi
 fi
 
+# ---- /dev/kvm --------------------------------------------------------------
+# udev gives /dev/kvm to group kvm (QEMU's user is in it). Without udev nothing
+# does, and a chroot sharing /dev can chgrp it to that chroot's GID for "kvm":
+# then libvirt re-probes QEMU on every call and domain defines stall.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+  chgrp kvm /dev/kvm && chmod g+rw /dev/kvm
+  say "gave /dev/kvm to group kvm (no udev did it)"
+fi
+
 # ---- libvirt daemons -------------------------------------------------------
 # In a chroot, / is not a mount point, and QEMU's private mount namespace (on by
 # default) cannot be set up: every domain start fails with "Failed disable mount
