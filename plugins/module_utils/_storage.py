@@ -172,22 +172,13 @@ def disk_users(conn, paths: Iterable[str]) -> dict[str, list[dict]]:
     return users
 
 
-def dependents_on_host(conn, base: str) -> list[dict]:
-    """Domains whose disks have ``base`` below them in their backing chain."""
-    return [u for u in disk_users(conn, [base])[base] if u["relation"] == "backing"]
-
-
-def remove_file(path: str, conn=None, allowed_roots: Iterable[str] | None = None) -> None:
+def remove_file(path: str, conn=None) -> None:
     """Delete one disk file, refusing any file another domain uses or that backs a disk."""
     if conn is not None:
         users = disk_users(conn, [path])[path]
         if users:
             names = ", ".join(sorted({f"{u['domain']} ({u['relation']})" for u in users}))
             raise StorageError(f"Refusing to delete {path}: it is used by {names}.")
-    if allowed_roots is not None:
-        real = os.path.realpath(path)
-        if not any(real.startswith(os.path.realpath(r) + os.sep) for r in allowed_roots):
-            raise StorageError(f"Refusing to delete {path}: it is outside {', '.join(allowed_roots)}.")
     unlink(path)
 
 
