@@ -10,7 +10,6 @@ name the cause and the fix.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
@@ -43,7 +42,7 @@ def _silence_libvirt() -> None:
     _deps.libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def translate(exc, uri: str, action: str = "connect to") -> ConnectionFailed | LibvirtFailed:
+def translate(exc, uri: str) -> ConnectionFailed | LibvirtFailed:
     """Turn a libvirtError raised while opening ``uri`` into a typed error."""
     lv = _deps.libvirt
     code = exc.get_error_code()
@@ -51,14 +50,14 @@ def translate(exc, uri: str, action: str = "connect to") -> ConnectionFailed | L
     lowered = text.lower()
     if code == lv.VIR_ERR_NO_CONNECT and "no connection driver" in lowered:
         return UnknownUri(
-            f"Cannot {action} libvirt at '{uri}': {text}.",
+            f"Cannot connect to libvirt at '{uri}': {text}.",
             hint="Check the uri option (for example qemu:///system, qemu:///session, "
             "qemu+ssh://host/system, test:///default) and that the hypervisor driver package "
             "(libvirt-daemon-driver-qemu) is installed.",
         )
     if "permission denied" in lowered or code in (lv.VIR_ERR_AUTH_FAILED, lv.VIR_ERR_AUTH_UNAVAILABLE):
         return PermissionDenied(
-            f"Permission denied to {action} libvirt at '{uri}': {text}.",
+            f"Permission denied to connect to libvirt at '{uri}': {text}.",
             hint="Run the task with become: true, or add the remote user to the 'libvirt' group, "
             "or use qemu:///session for an unprivileged user.",
         )
@@ -67,8 +66,8 @@ def translate(exc, uri: str, action: str = "connect to") -> ConnectionFailed | L
     ):
         return DaemonNotRunning(f"The libvirt daemon for '{uri}' is not running ({text}).", hint=_START_HINT)
     if "unexpected" in lowered and "uri" in lowered:
-        return UnknownUri(f"Cannot {action} libvirt at '{uri}': {text}.", hint="Check the uri option.")
-    return ConnectionFailed(f"Cannot {action} libvirt at '{uri}': {text}.")
+        return UnknownUri(f"Cannot connect to libvirt at '{uri}': {text}.", hint="Check the uri option.")
+    return ConnectionFailed(f"Cannot connect to libvirt at '{uri}': {text}.")
 
 
 def libvirt_failed(exc, what: str) -> LibvirtFailed:
@@ -107,13 +106,3 @@ class Connection:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-@contextmanager
-def connect(uri: str | None = None, readonly: bool = False):
-    """Yield an open ``virConnect`` for ``uri`` and close it afterwards."""
-    c = Connection(uri, readonly=readonly)
-    try:
-        yield c.conn
-    finally:
-        c.close()

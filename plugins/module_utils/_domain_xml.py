@@ -8,6 +8,7 @@ these readers.)
 
 from __future__ import annotations
 
+import math
 import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
@@ -20,6 +21,24 @@ NS_PREFIX = "virtops"
 # Names become file names (disks, XML files, serial logs): keep them boring.
 _POSITION_SUFFIX = re.compile(r", line \d+, column \d+$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+# Units libvirt accepts for sizes (memory, disk), in bytes: the one table every reader uses.
+UNITS = {
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
+    "tib": 1024**4,
+}
 
 
 def validate_name(name: str, what: str = "domain name") -> str:
@@ -74,14 +93,51 @@ def uuid_of(root) -> str | None:
     return text(root, "uuid")
 
 
+def to_kib(value: str | None, unit: str | None) -> int | None:
+    """A libvirt size (text and unit, KiB when no unit) in KiB, rounded up; None if unreadable."""
+    factor = UNITS.get((unit or "KiB").strip().lower())
+    try:
+        number = int(value.strip())
+    except (AttributeError, ValueError):
+        return None
+    if factor is None:
+        return None
+    return math.ceil(number * factor / 1024)
+
+
+def memory_mib(root) -> int | None:
+    """The domain's <memory> in whole MiB (None when absent or unreadable)."""
+    el = root.find("memory")
+    if el is None:
+        return None
+    kib = to_kib(el.text, el.get("unit"))
+    return None if kib is None else kib // 1024
+
+
+def vcpus(root) -> int | None:
+    el = root.find("vcpu")
+    return int(el.text) if el is not None and el.text else None
+
+
+def macs(root) -> list[str]:
+    """The interfaces' MAC addresses, lower-cased, in document order."""
+    return [i["mac"].lower() for i in interfaces(root) if i["mac"]]
+
+
+def disk_source(disk_el) -> str | None:
+    """What a <disk> reads from: its file, block device, network name or pool volume."""
+    src = disk_el.find("source")
+    if src is None:
+        return None
+    return src.get("file") or src.get("dev") or src.get("name") or src.get("volume")
+
+
 def disks(root) -> list[dict]:
     """The domain's disks as dicts: target, device, type, path, format, readonly, shareable."""
     out = []
     for d in root.findall("devices/disk"):
         src = d.find("source")
-        path = None
-        if src is not None:
-            path = src.get("file") or src.get("dev") or src.get("name") or src.get("volume")
+        path = disk_source(d)
         drv = d.find("driver")
         tgt = d.find("target")
         out.append(

@@ -1,9 +1,10 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
-"""Disk images: qcow2 headers, backing chains, overlays, and who uses a file.
+"""Disk images: qcow2 headers, backing chains, overlays and copies, deletion.
 
-The course's rule is the centre of this file: once overlays exist, their base
-must never change. So everything that could write to or delete an image asks
-first which domains use it, directly or as a backing file.
+The course's rule sits on top of this file: once overlays exist, their base
+must never change. Who uses an image (the question asked before anything is
+written or deleted) is answered by ``_scan.HostScan.users`` from the chains
+read here.
 
 External programs (qemu-img) run through an injected ``runner(argv) ->
 (rc, stdout, stderr)``, in modules ``module.run_command``, so this stays
@@ -15,10 +16,8 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 
 Runner = Callable[[list], tuple]
@@ -124,62 +123,6 @@ def copy_image(runner: Runner, src: str, path: str, fmt: str | None = None) -> N
     rc, out, err = runner(["qemu-img", "convert", "-q", "-f", fmt, "-O", fmt, src, path])
     if rc != 0:
         raise StorageError(f"Copying {src} to {path} failed: {err.strip() or out.strip()}")
-
-
-def _inactive_and_live_xml(dom) -> list:
-    lv = _deps.libvirt
-    docs = [dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)]
-    if dom.isActive():
-        docs.append(dom.XMLDesc(0))
-    return docs
-
-
-def disk_users(conn, paths: Iterable[str]) -> dict[str, list[dict]]:
-    """For each path, the domains that use it: as their own disk or in a disk's backing chain.
-
-    Returns {path: [{domain, disk, relation: 'disk'|'backing', active, writable}]}.
-    Paths are compared after realpath, so links and '..' do not hide a user.
-    """
-    wanted = {os.path.realpath(p): p for p in paths}
-    users: dict[str, list[dict]] = {p: [] for p in wanted.values()}
-    for dom in conn.listAllDomains(0):
-        active = bool(dom.isActive())
-        seen = set()
-        for doc in _inactive_and_live_xml(dom):
-            root = dx.parse(doc)
-            for d in dx.disks(root):
-                if d["type"] != "file" or not d["path"]:
-                    continue
-                writable = not d["readonly"] and not d["shareable"] and d["device"] == "disk"
-                try:
-                    chain = backing_chain(d["path"]) if os.path.exists(d["path"]) else [dict(path=d["path"])]
-                except StorageError:
-                    chain = [dict(path=d["path"])]
-                for depth, link in enumerate(chain):
-                    real = os.path.realpath(link["path"])
-                    if real in wanted and (dom.name(), d["target"], real) not in seen:
-                        seen.add((dom.name(), d["target"], real))
-                        users[wanted[real]].append(
-                            dict(
-                                domain=dom.name(),
-                                disk=d["path"],
-                                target=d["target"],
-                                relation="disk" if depth == 0 else "backing",
-                                active=active,
-                                writable=writable and depth == 0,
-                            )
-                        )
-    return users
-
-
-def remove_file(path: str, conn=None) -> None:
-    """Delete one disk file, refusing any file another domain uses or that backs a disk."""
-    if conn is not None:
-        users = disk_users(conn, [path])[path]
-        if users:
-            names = ", ".join(sorted({f"{u['domain']} ({u['relation']})" for u in users}))
-            raise StorageError(f"Refusing to delete {path}: it is used by {names}.")
-    unlink(path)
 
 
 def unlink(path: str) -> None:

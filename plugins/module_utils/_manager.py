@@ -1,0 +1,166 @@
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""The one contract every manager keeps, and the one runner every module calls.
+
+A manager gets its options, a lazily opened libvirt ``Connection`` and the
+check-mode flag (plus two seams for tests: ``runner`` for external programs
+and ``which`` to find them); ``run()`` returns the result dict (``changed``,
+``diff`` and the module's return values) and leaves its warnings in
+``self.warnings``.
+
+The options' defaults live in the manager's argument spec only: the module
+builds its AnsibleModule from ``module_kwargs()``, and a manager made without
+Ansible (unit tests, benchmarks) fills the options it was not given from the
+same spec.
+
+``run_module()`` is the only place where a run ends: it emits the warnings
+(also those gathered before a failure), drops the diff when diff mode is off,
+closes the connection, and turns every collection error, and any stray
+``libvirtError`` or ``OSError``, into ``fail_json`` with a message and a hint.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
+    CONNECTION_ARGS,
+    Connection,
+    libvirt_failed,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError
+
+# runner(argv, env=None) -> (rc, stdout, stderr); never a shell.
+Runner = Callable[..., tuple]
+Which = Callable[[str], "str | None"]
+
+
+def subprocess_runner(argv: list, env: dict | None = None) -> tuple:
+    """The runner used outside Ansible: argv list, no shell, text output."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=full_env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def with_defaults(spec: dict, params: dict) -> dict:
+    """``params`` completed the way AnsibleModule completes them: defaults and fallbacks from ``spec``."""
+    out = dict(params)
+    for name, opt in spec.items():
+        if name in out:
+            continue
+        if "default" in opt:
+            out[name] = copy.deepcopy(opt["default"])
+        elif "fallback" in opt:
+            fn, args = opt["fallback"][0], opt["fallback"][1] if len(opt["fallback"]) > 1 else []
+            out[name] = fn(*args)
+        else:
+            out[name] = None
+    return out
+
+
+class Manager:
+    """Options, connection and check mode in; a result with warnings and diff out."""
+
+    #: the module's options (without ``uri``, which every module gets from CONNECTION_ARGS)
+    ARGUMENT_SPEC: dict = {}
+    #: the other AnsibleModule arguments: mutually_exclusive, required_if, ...
+    MODULE_OPTIONS: dict = {}
+    #: the optional libraries a run needs (see ``_deps``); ``needs()`` may narrow it per run
+    LIBRARIES: tuple = ("libvirt", "lxml")
+    #: whether a read-only libvirt connection is enough
+    READONLY = False
+
+    def __init__(
+        self,
+        params: dict,
+        connection: Connection | None = None,
+        check_mode: bool = False,
+        *,
+        runner: Runner | None = None,
+        which: Which | None = None,
+    ):
+        self.p = with_defaults(self.argument_spec(), params)
+        self.connection = connection if connection is not None else Connection(self.p.get("uri"), self.READONLY)
+        self.check_mode = check_mode
+        self.runner = runner or subprocess_runner
+        self.which = which or shutil.which
+        self.warnings: list[str] = []
+
+    @classmethod
+    def argument_spec(cls) -> dict:
+        return dict(cls.ARGUMENT_SPEC, **CONNECTION_ARGS)
+
+    @classmethod
+    def module_kwargs(cls) -> dict:
+        """Everything AnsibleModule needs, from the one spec."""
+        return dict(argument_spec=cls.argument_spec(), supports_check_mode=True, **cls.MODULE_OPTIONS)
+
+    @classmethod
+    def needs(cls, params: dict) -> tuple:
+        return cls.LIBRARIES
+
+    @property
+    def conn(self):
+        """The open virConnect (opened on first use)."""
+        return self.connection.conn
+
+    @property
+    def uri(self) -> str:
+        return self.connection.uri
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def run(self) -> dict:
+        raise NotImplementedError
+
+
+def _stray_types() -> tuple:
+    """The exceptions a manager may let through that still deserve a typed failure."""
+    return (OSError,) + ((_deps.libvirt.libvirtError,) if _deps.libvirt is not None else ())
+
+
+def _typed(exc: BaseException) -> KvmError:
+    """The typed error for an OSError or libvirtError no manager translated."""
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return KvmError(
+            f"{exc.strerror or exc}{where}.",
+            hint="Check that the path exists and that the task runs with the rights to use it (become: true).",
+        )
+    err = libvirt_failed(exc, "A libvirt call")
+    err.hint = "This is libvirt's own message; if it does not say what to fix, please report it with the task."
+    return err
+
+
+def run_module(module, manager_cls: type[Manager]) -> None:
+    """Run one manager for ``module`` and exit with its result (or its typed failure)."""
+    _deps.require(module, *manager_cls.needs(module.params))
+
+    def runner(argv: list, env: dict | None = None) -> tuple:
+        return module.run_command(argv, environ_update=env or {})
+
+    connection = Connection(module.params.get("uri"), readonly=manager_cls.READONLY)
+    manager = None
+    failure: KvmError | None = None
+    result: dict = {}
+    try:
+        manager = manager_cls(module.params, connection, module.check_mode, runner=runner, which=module.get_bin_path)
+        result = manager.run()
+    except KvmError as exc:
+        failure = exc
+    except _stray_types() as exc:
+        failure = _typed(exc)
+    finally:
+        connection.close()
+    for warning in [*(manager.warnings if manager else []), *result.pop("warnings", [])]:
+        module.warn(warning)
+    if failure is not None:
+        module.fail_json(msg=failure.message, error=type(failure).__name__, **failure.details)
+    if not module._diff:  # pylint: disable=protected-access
+        result.pop("diff", None)
+    module.exit_json(**result)

@@ -1,0 +1,229 @@
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""One scan of a host's domains per run, and the one rule for "who uses this file".
+
+kvm_clone, kvm_domain, kvm_domain_info and kvm_guestfs ask the same questions
+before they write, start, read or delete: which domains exist (names, UUIDs,
+MACs, states), and which domains or image files use a given file. A
+``HostScan`` answers all of them from one pass over every domain, taken once
+per run (under the clone lock where one is held). A domain undefined by
+someone else while the scan reads it is simply not in the scan.
+
+The rule, in ``HostScan.users``: a file is used by
+
+* a domain that has it as a disk (``relation: disk``, inactive or live XML);
+* a domain that has it anywhere below a disk in the qcow2 backing chain
+  (``relation: backing``);
+* an image file in the same directory whose backing chain contains it, and
+  which no domain uses as a disk (``relation: file``): an overlay somebody
+  made by hand with ``qemu-img create -b`` is as dependent as a defined clone.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
+
+# virDomainState values (stable ABI) and the names this collection reports everywhere.
+NOSTATE, RUNNING, BLOCKED, PAUSED, IN_SHUTDOWN, SHUTOFF, CRASHED, PMSUSPENDED = range(8)
+STATE_NAMES = {
+    NOSTATE: "nostate",
+    RUNNING: "running",
+    BLOCKED: "blocked",
+    PAUSED: "paused",
+    IN_SHUTDOWN: "in_shutdown",
+    SHUTOFF: "shutoff",
+    CRASHED: "crashed",
+    PMSUSPENDED: "pmsuspended",
+}
+_REASONS = {
+    RUNNING: (
+        "unknown booted migrated restored from_snapshot unpaused migration_canceled save_canceled wakeup crashed "
+        "postcopy postcopy_failed"
+    ).split(),
+    BLOCKED: ["unknown"],
+    PAUSED: (
+        "unknown user migration save dump ioerror watchdog from_snapshot shutting_down snapshot crashed "
+        "starting_up postcopy postcopy_failed api_error"
+    ).split(),
+    IN_SHUTDOWN: ["unknown", "user"],
+    SHUTOFF: "unknown shutdown destroyed crashed migrated saved failed from_snapshot daemon".split(),
+    CRASHED: ["unknown", "panicked"],
+    PMSUSPENDED: ["unknown"],
+    NOSTATE: ["unknown"],
+}
+
+# Directories with more entries than this are not searched for hand-made overlays.
+_MAX_NEIGHBOURS = 5000
+
+
+def state_name(code: int) -> str:
+    return STATE_NAMES.get(code, "nostate")
+
+
+def reason_name(state: int, reason: int) -> str:
+    names = _REASONS.get(state, ["unknown"])
+    return names[reason] if 0 <= reason < len(names) else "unknown"
+
+
+def gone(exc) -> bool:
+    """Whether a libvirtError says the domain was undefined under us."""
+    return exc.get_error_code() == _deps.libvirt.VIR_ERR_NO_DOMAIN
+
+
+class ScannedDomain:
+    """One domain as the scan saw it: handle, identity, state and parsed XML."""
+
+    __slots__ = ("active", "dom", "inactive", "live", "name", "persistent", "reason", "state", "uuid")
+
+    def __init__(self, dom):
+        lv = _deps.libvirt
+        self.dom = dom
+        self.name = dom.name()
+        self.uuid = dom.UUIDString()
+        self.state, self.reason = dom.state()
+        self.active = bool(dom.isActive())
+        self.persistent = bool(dom.isPersistent())
+        self.live = dx.parse(dom.XMLDesc(0)) if self.active else None
+        self.inactive = dx.parse(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)) if self.persistent else self.live
+
+    @property
+    def macs(self) -> set[str]:
+        out = set(dx.macs(self.inactive))
+        if self.live is not None:
+            out |= set(dx.macs(self.live))
+        return out
+
+
+class HostScan:
+    """Every domain of one connection, read once; ``users()`` answers from it."""
+
+    def __init__(self, domains: dict[str, ScannedDomain]):
+        self.domains = domains
+        self._chains: dict[str, list[str]] = {}
+        self._neighbours: dict[str, list[tuple[str, list[str]]]] = {}
+
+    @classmethod
+    def take(cls, conn) -> HostScan:
+        lv = _deps.libvirt
+        try:
+            handles = conn.listAllDomains(0)
+        except lv.libvirtError as exc:
+            raise libvirt_failed(exc, "Listing domains") from exc
+        domains = {}
+        for dom in handles:
+            try:
+                scanned = ScannedDomain(dom)
+            except lv.libvirtError as exc:
+                if gone(exc):
+                    continue
+                raise libvirt_failed(exc, "Reading a domain") from exc
+            domains[scanned.name] = scanned
+        return cls(domains)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.domains
+
+    def get(self, name: str) -> ScannedDomain | None:
+        return self.domains.get(name)
+
+    def uuids(self) -> dict[str, str]:
+        """UUID -> domain name."""
+        return {d.uuid: d.name for d in self.domains.values()}
+
+    def macs(self) -> dict[str, str]:
+        """MAC (inactive or live config) -> the first domain that has it."""
+        out: dict[str, str] = {}
+        for d in self.domains.values():
+            for mac in sorted(d.macs):
+                out.setdefault(mac, d.name)
+        return out
+
+    # ------------------------------------------------------------------ the rule
+
+    def _chain(self, path: str) -> list[str]:
+        """Real paths of ``path`` and every file below it (a broken chain stops where it breaks)."""
+        real = os.path.realpath(path)
+        if real not in self._chains:
+            try:
+                chain = [os.path.realpath(c["path"]) for c in _storage.backing_chain(path)]
+            except StorageError:
+                chain = [real]
+            self._chains[real] = chain
+        return self._chains[real]
+
+    def _files_in(self, folder: str) -> list[tuple[str, list[str]]]:
+        """(file, its backing chain below it) for every qcow2 overlay in ``folder``."""
+        if folder not in self._neighbours:
+            out = []
+            try:
+                entries = sorted(os.listdir(folder))[:_MAX_NEIGHBOURS]
+            except OSError:
+                entries = []
+            for entry in entries:
+                candidate = os.path.join(folder, entry)
+                if not os.path.isfile(candidate):
+                    continue
+                try:
+                    hdr = _storage.qcow2_header(candidate)
+                except StorageError:
+                    continue
+                if hdr and hdr["backing_file"]:
+                    out.append((candidate, self._chain(candidate)[1:]))
+            self._neighbours[folder] = out
+        return self._neighbours[folder]
+
+    def users(self, paths) -> dict[str, list[dict]]:
+        """For each path: [{domain, disk, target, relation, active, writable}] (see the module doc).
+
+        Paths are compared after realpath, so links and '..' hide no user.
+        ``domain`` is None for a hand-made overlay file (relation ``file``).
+        """
+        wanted = {os.path.realpath(p): p for p in paths}
+        users: dict[str, list[dict]] = {p: [] for p in wanted.values()}
+        domain_disks: set[str] = set()
+        for d in self.domains.values():
+            seen = set()
+            for root in (d.inactive, d.live):
+                if root is None:
+                    continue
+                for disk in dx.disks(root):
+                    if disk["type"] != "file" or not disk["path"]:
+                        continue
+                    domain_disks.add(os.path.realpath(disk["path"]))
+                    writable = not disk["readonly"] and not disk["shareable"] and disk["device"] == "disk"
+                    for depth, real in enumerate(self._chain(disk["path"])):
+                        key = (disk["target"], real)
+                        if real not in wanted or key in seen:
+                            continue
+                        seen.add(key)
+                        users[wanted[real]].append(
+                            dict(
+                                domain=d.name,
+                                disk=disk["path"],
+                                target=disk["target"],
+                                relation="disk" if depth == 0 else "backing",
+                                active=d.active,
+                                writable=writable and depth == 0,
+                            )
+                        )
+        for real, path in wanted.items():
+            for candidate, below in self._files_in(os.path.dirname(real)):
+                if real in below and os.path.realpath(candidate) not in domain_disks:
+                    users[path].append(
+                        dict(domain=None, disk=candidate, target=None, relation="file", active=False, writable=False)
+                    )
+        return users
+
+    def dependents(self, path: str, exclude: str | None = None) -> list[str]:
+        """What ``path`` backs, other than the disks of domain ``exclude``, as readable strings."""
+        out = []
+        for u in self.users([path])[path]:
+            if u["relation"] == "backing" and u["domain"] != exclude:
+                out.append(f"{u['disk']} (domain {u['domain']})")
+            elif u["relation"] == "file":
+                out.append(f"{u['disk']} (file)")
+        return out
