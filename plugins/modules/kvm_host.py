@@ -21,8 +21,10 @@ description:
     were ensured; the failure reports what was installed and started."
 author:
   - virtops.kvm developers (@virtops)
+requirements:
+  - libvirt-python (C(python3-libvirt)) on the managed host, optional (used when present; else C(virsh) is asked)
+  - lxml (C(python3-lxml)) on the managed host, optional (used when present; else the standard library's XML parser)
 extends_documentation_fragment:
-  - virtops.kvm.connection
   - virtops.kvm.attributes
 attributes:
   check_mode:
@@ -44,6 +46,8 @@ options:
         and then V(qemu:///system).
       - Packages and daemons are always those of the managed host itself; a directly started daemon is
         awaited on V(qemu:///system).
+      - One connection is opened per task, after the daemon is ensured, and closed when the task ends.
+    type: str
   family:
     description:
       - The distribution family, which decides the package names and the package manager.
@@ -132,8 +136,8 @@ notes:
     C(kvm_pvm)) C(/dev/kvm) exists and libvirt lists the C(kvm) domain type, yet the CPU exposes no
     C(vmx)/C(svm) flag and full-virtualization guests hang; the verdict there is V(qemu).
   - Needs root (become) to install packages and manage daemons.
-  - Works without the libvirt Python binding on the host (it then asks C(virsh)), so it can install
-    the bindings with O(python_bindings=true).
+  - Needs no Python library on the managed host (libvirt-python and lxml are used when present), so it can
+    install them itself with O(python_bindings=true).
 seealso:
   - name: libvirt daemons
     description: Monolithic and modular libvirt daemons.
@@ -306,33 +310,13 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import CONNECTION_ARGS  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._host import HostManager  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._module import run  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._host.manager import HostManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module  # noqa: E402
 
 
 def main() -> None:
-    argument_spec = dict(
-        family=dict(type="str", default="auto", choices=["auto", "debian", "redhat", "suse"]),
-        install_packages=dict(type="bool", default=True),
-        gui=dict(type="bool", default=False),
-        python_bindings=dict(type="bool", default=False),
-        extra_packages=dict(type="list", elements="str", default=[]),
-        update_cache=dict(type="bool", default=False),
-        daemon=dict(type="str", default="auto", choices=["auto", "libvirtd", "virtqemud"]),
-        daemon_state=dict(type="str", default="started", choices=["started", "stopped"]),
-        daemon_enabled=dict(type="bool", default=True),
-        daemon_timeout=dict(type="int", default=60),
-        require_hw_virt=dict(type="bool", default=False),
-        **CONNECTION_ARGS,
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-
-    def runner(argv: list[str], env: dict | None = None) -> tuple[int, str, str]:
-        return module.run_command(argv, environ_update=env or {})
-
-    manager = HostManager(module.params, runner, module.get_bin_path, check_mode=module.check_mode, warn=module.warn)
-    run(module, manager.run)
+    module = AnsibleModule(**HostManager.module_kwargs())
+    run_module(module, HostManager)
 
 
 if __name__ == "__main__":

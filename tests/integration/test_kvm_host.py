@@ -190,7 +190,10 @@ def test_virsh_fallback_matches_binding(monkeypatch):
     """Without python3-libvirt on the host the module asks virsh; both paths agree here."""
     import shutil
 
-    from ansible_collections.virtops.kvm.plugins.module_utils import _host
+    from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+    from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
+    from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import caps_domain_types
+    from ansible_collections.virtops.kvm.plugins.module_utils._host.versions import libvirt_facts, ping
 
     pytest.importorskip("libvirt")
 
@@ -198,10 +201,11 @@ def test_virsh_fallback_matches_binding(monkeypatch):
         proc = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
         return proc.returncode, proc.stdout, proc.stderr
 
-    with_binding = _host.libvirt_facts("qemu:///system", True, runner, shutil.which)
-    monkeypatch.setattr(_host._deps, "libvirt", None)
-    with_virsh = _host.libvirt_facts("qemu:///system", True, runner, shutil.which)
+    with Connection("qemu:///system") as connection:
+        with_binding = libvirt_facts(connection, True, runner, shutil.which)
+    monkeypatch.setattr(_deps, "libvirt", None)
+    with_virsh = libvirt_facts(Connection("qemu:///system"), True, runner, shutil.which)
     for key in ("libvirt_version", "hypervisor", "qemu_version"):
         assert with_virsh[key] == with_binding[key], key
-    assert _host.caps_domain_types(with_virsh["caps_xml"]) == _host.caps_domain_types(with_binding["caps_xml"])
-    assert _host.ping("qemu:///system", runner, shutil.which) is True
+    assert caps_domain_types(with_virsh["caps_xml"]) == caps_domain_types(with_binding["caps_xml"])
+    assert ping("qemu:///system", runner, shutil.which) is True

@@ -1,4 +1,4 @@
-"""Unit tests of _host: hardware probe, verdict, families, packages and daemons, all on fakes."""
+"""Unit tests of the _host package: hardware probe, verdict, families, packages and daemons, all on fakes."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import signal
 
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _host
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     HostError,
     PackageManagerError,
     TimeoutExpired,
     UnsupportedPlatform,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._host import daemons, packages, probe, versions
+from ansible_collections.virtops.kvm.plugins.module_utils._host import manager as host_manager
 
 INTEL = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -98,7 +101,7 @@ def fake_tree(root, cpuinfo=PVM, dev_kvm=True, modules=("kvm", "kvm_pvm"), neste
     ],
 )
 def test_parse_cpuinfo(text, flag, vendor, count, model):
-    facts = _host.parse_cpuinfo(text)
+    facts = probe.parse_cpuinfo(text)
     assert facts["virt_flag"] == flag
     assert facts["cpu_vendor"] == vendor
     assert facts["cpu_count"] == count
@@ -107,27 +110,27 @@ def test_parse_cpuinfo(text, flag, vendor, count, model):
 
 def test_flag_is_a_whole_word():
     # "vmxx" or "svm_lock" style tokens must not count as the flag
-    assert _host.parse_cpuinfo("flags : fpu vmxx svm_lock\n")["virt_flag"] == "none"
+    assert probe.parse_cpuinfo("flags : fpu vmxx svm_lock\n")["virt_flag"] == "none"
 
 
 @pytest.mark.parametrize("proc_modules", [True, False])
 def test_kvm_modules_from_proc_or_sys(tmp_path, proc_modules):
     root = fake_tree(tmp_path, modules=("kvm", "kvm_intel", "ext4"), proc_modules=proc_modules)
-    assert _host.kvm_modules(root) == ["kvm", "kvm_intel"]
+    assert probe.kvm_modules(root) == ["kvm", "kvm_intel"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [("Y\n", True), ("1\n", True), ("N\n", False), ("0\n", False)])
 def test_nested_setting(tmp_path, text, expected):
-    assert _host.nested_setting(fake_tree(tmp_path, INTEL, modules=("kvm", "kvm_intel"), nested=text)) is expected
+    assert probe.nested_setting(fake_tree(tmp_path, INTEL, modules=("kvm", "kvm_intel"), nested=text)) is expected
 
 
 def test_nested_setting_absent(tmp_path):
-    assert _host.nested_setting(fake_tree(tmp_path)) is None
+    assert probe.nested_setting(fake_tree(tmp_path)) is None
 
 
 def test_probe_hardware_fake_tree(tmp_path):
     root = fake_tree(tmp_path)
-    facts = _host.probe_hardware(CAPS, root=root)
+    facts = probe.probe_hardware(CAPS, root=root)
     assert facts["virt_flag"] == "none"
     assert facts["dev_kvm_exists"] is True
     assert facts["dev_kvm_accessible"] is True  # a file we own
@@ -139,7 +142,7 @@ def test_probe_hardware_fake_tree(tmp_path):
 
 
 def test_probe_hardware_without_kvm_and_caps(tmp_path):
-    facts = _host.probe_hardware(root=fake_tree(tmp_path, AMD, dev_kvm=False, modules=()))
+    facts = probe.probe_hardware(root=fake_tree(tmp_path, AMD, dev_kvm=False, modules=()))
     assert facts["dev_kvm_exists"] is False
     assert facts["dev_kvm_accessible"] is False
     assert facts["kvm_modules"] == []
@@ -147,8 +150,8 @@ def test_probe_hardware_without_kvm_and_caps(tmp_path):
 
 
 def test_caps_domain_types_without_lxml(monkeypatch):
-    monkeypatch.setattr(_host._deps, "etree", None)
-    assert _host.caps_domain_types(CAPS_QEMU_ONLY) == ["qemu"]
+    monkeypatch.setattr(_deps, "etree", None)
+    assert probe.caps_domain_types(CAPS_QEMU_ONLY) == ["qemu"]
 
 
 # -- verdict ------------------------------------------------------------------------------------
@@ -187,7 +190,7 @@ def facts(flag="vmx", exists=True, accessible=True, types=("kvm", "qemu"), modul
     ],
 )
 def test_verdict_table(case, expected, in_reason):
-    v = _host.verdict(case)
+    v = probe.verdict(case)
     assert v["recommended_domain_type"] == expected
     assert v["kvm_usable"] is (expected == "kvm")
     assert in_reason in v["reason"]
@@ -198,7 +201,7 @@ def test_verdict_table(case, expected, in_reason):
 def test_verdict_is_pure():
     case = facts(flag="none")
     before = dict(case)
-    assert _host.verdict(case) == _host.verdict(case)
+    assert probe.verdict(case) == probe.verdict(case)
     assert case == before
 
 
@@ -216,9 +219,9 @@ class FakeConn:
 )
 def test_usable_domain_type(tmp_path, monkeypatch, cpuinfo, caps, expected):
     root = fake_tree(tmp_path, cpuinfo)
-    real = _host.probe_hardware
-    monkeypatch.setattr(_host, "probe_hardware", lambda caps_xml=None: real(caps_xml, root=root))
-    dtype, reason = _host.usable_domain_type(FakeConn(caps) if caps else None)
+    real = probe.probe_hardware
+    monkeypatch.setattr(probe, "probe_hardware", lambda caps_xml=None: real(caps_xml, root=root))
+    dtype, reason = probe.usable_domain_type(FakeConn(caps) if caps else None)
     assert dtype == expected
     assert reason
 
@@ -227,7 +230,7 @@ def test_usable_domain_type_with_test_driver():
     libvirt = pytest.importorskip("libvirt")
     conn = libvirt.open("test:///default")
     try:
-        dtype, reason = _host.usable_domain_type(conn)
+        dtype, reason = probe.usable_domain_type(conn)
     finally:
         conn.close()
     assert dtype in ("kvm", "qemu")
@@ -239,7 +242,7 @@ def test_usable_domain_type_with_test_driver():
     ("number", "text"), [(9000000, "9.0.0"), (7002022, "7.2.22"), (10010001, "10.10.1"), (0, None), (None, None)]
 )
 def test_version_string(number, text):
-    assert _host.version_string(number) == text
+    assert versions.version_string(number) == text
 
 
 def test_parse_virsh_and_qemu_versions():
@@ -247,13 +250,13 @@ def test_parse_virsh_and_qemu_versions():
         "Compiled against library: libvirt 9.0.0\nUsing library: libvirt 9.0.0\n"
         "Using API: QEMU 9.0.0\nRunning hypervisor: QEMU 7.2.22\n"
     )
-    assert _host.parse_virsh_version(out) == {
+    assert versions.parse_virsh_version(out) == {
         "libvirt_version": "9.0.0",
         "hypervisor": "QEMU",
         "hypervisor_version": "7.2.22",
     }
-    assert _host.parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n") == "7.2.22"
-    assert _host.parse_qemu_version("nonsense") is None
+    assert versions.parse_qemu_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n") == "7.2.22"
+    assert versions.parse_qemu_version("nonsense") is None
 
 
 # -- families and packages ----------------------------------------------------------------------
@@ -278,35 +281,35 @@ OS_RELEASES = {
 @pytest.mark.parametrize("name", sorted(OS_RELEASES))
 def test_family_of(name):
     text, expected = OS_RELEASES[name]
-    assert _host.family_of(_host.parse_os_release(text)) == expected
+    assert packages.family_of(packages.parse_os_release(text)) == expected
 
 
 def test_parse_os_release_quotes():
-    osr = _host.parse_os_release('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID_LIKE="rhel centos"\n')
+    osr = packages.parse_os_release('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID_LIKE="rhel centos"\n')
     assert osr == {"PRETTY_NAME": "Debian GNU/Linux 12 (bookworm)", "ID_LIKE": "rhel centos"}
 
 
 def test_detect_family(tmp_path):
     write(tmp_path, "/etc/os-release", OS_RELEASES["rocky"][0])
-    assert _host.detect_family(str(tmp_path)) == ("redhat", "rocky")
+    assert packages.detect_family(str(tmp_path)) == ("redhat", "rocky")
 
 
 def test_detect_family_falls_back_to_usr_lib(tmp_path):
     write(tmp_path, "/usr/lib/os-release", OS_RELEASES["ubuntu"][0])
-    assert _host.detect_family(str(tmp_path)) == ("debian", "ubuntu")
+    assert packages.detect_family(str(tmp_path)) == ("debian", "ubuntu")
 
 
 def test_detect_family_unsupported_lists_supported(tmp_path):
     write(tmp_path, "/etc/os-release", 'ID=arch\nID_LIKE="archlinux"\n')
     with pytest.raises(UnsupportedPlatform) as exc:
-        _host.detect_family(str(tmp_path))
+        packages.detect_family(str(tmp_path))
     assert "ID=arch" in exc.value.message
     assert "Supported families: debian, redhat, suse" in exc.value.message
 
 
 def test_detect_family_no_os_release(tmp_path):
     with pytest.raises(UnsupportedPlatform, match="no /etc/os-release"):
-        _host.detect_family(str(tmp_path))
+        packages.detect_family(str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -361,11 +364,11 @@ def test_detect_family_no_os_release(tmp_path):
     ],
 )
 def test_packages_for(family, gui, python, expected):
-    assert _host.packages_for(family, gui, python) == expected
+    assert packages.packages_for(family, gui, python) == expected
 
 
 def test_packages_for_extra_without_duplicates():
-    got = _host.packages_for("debian", gui=True, extra=["virt-manager", "htop", "qemu-utils", "htop"])
+    got = packages.packages_for("debian", gui=True, extra=["virt-manager", "htop", "qemu-utils", "htop"])
     assert got.count("virt-manager") == 1
     assert got.count("qemu-utils") == 1
     assert got[-1] == "htop"
@@ -373,7 +376,7 @@ def test_packages_for_extra_without_duplicates():
 
 def test_packages_for_unknown_family():
     with pytest.raises(UnsupportedPlatform, match="Supported families: debian, redhat, suse"):
-        _host.packages_for("gentoo")
+        packages.packages_for("gentoo")
 
 
 class Runner:
@@ -413,7 +416,7 @@ DPKG_OUT = "qemu-system-x86\tii \nqemu-utils\tii \nlibvirt-clients\tii \nvirt-ma
 
 def test_dpkg_installed_one_call():
     runner = Runner({"dpkg-query": (1, DPKG_OUT, "dpkg-query: no packages found matching python3-libvirt\n")})
-    pm = _host.PackageManager("debian", runner, which_all)
+    pm = packages.PackageManager("debian", runner, which_all)
     names = ["qemu-system-x86", "qemu-utils", "libvirt-clients", "virt-manager", "python3-lxml", "python3-libvirt"]
     assert pm.installed(names) == {"qemu-system-x86", "qemu-utils", "libvirt-clients"}
     assert len(runner.calls) == 1
@@ -421,7 +424,7 @@ def test_dpkg_installed_one_call():
 
 
 def test_dpkg_query_failure():
-    pm = _host.PackageManager(
+    pm = packages.PackageManager(
         "debian", Runner({"dpkg-query": (2, "", "dpkg-query: error: broken database\n")}), which_all
     )
     with pytest.raises(PackageManagerError, match="broken database"):
@@ -431,14 +434,14 @@ def test_dpkg_query_failure():
 def test_rpm_installed_one_call():
     out = "qemu-kvm\npackage libvirt-client is not installed\nlibvirt-daemon\n"
     runner = Runner({"rpm": (1, out, "")})
-    pm = _host.PackageManager("redhat", runner, which_all)
+    pm = packages.PackageManager("redhat", runner, which_all)
     assert pm.installed(["qemu-kvm", "libvirt-client", "libvirt-daemon"]) == {"qemu-kvm", "libvirt-daemon"}
     assert runner.calls[0][0][:4] == ["/usr/bin/rpm", "-q", "--qf", "%{NAME}\n"]
 
 
 def test_install_debian_one_call_noninteractive():
     runner = Runner()
-    _host.PackageManager("debian", runner, which_all).install(["virt-manager", "python3-libvirt"])
+    packages.PackageManager("debian", runner, which_all).install(["virt-manager", "python3-libvirt"])
     assert runner.calls == [
         (
             ["/usr/bin/apt-get", "install", "-y", "--no-install-recommends", "virt-manager", "python3-libvirt"],
@@ -449,7 +452,7 @@ def test_install_debian_one_call_noninteractive():
 
 def test_install_debian_update_cache_first():
     runner = Runner()
-    _host.PackageManager("debian", runner, which_all).install(["x"], update_cache=True)
+    packages.PackageManager("debian", runner, which_all).install(["x"], update_cache=True)
     assert [a[1] for a in runner.argvs()] == ["update", "install"]
 
 
@@ -458,13 +461,13 @@ def test_install_debian_update_cache_first():
 )
 def test_install_redhat_prefers_dnf(which, manager):
     runner = Runner()
-    _host.PackageManager("redhat", runner, which).install(["qemu-kvm", "virt-manager"])
+    packages.PackageManager("redhat", runner, which).install(["qemu-kvm", "virt-manager"])
     assert runner.argvs() == [[f"/usr/bin/{manager}", "install", "-y", "qemu-kvm", "virt-manager"]]
 
 
 def test_install_suse():
     runner = Runner()
-    _host.PackageManager("suse", runner, which_all).install(["qemu-kvm"])
+    packages.PackageManager("suse", runner, which_all).install(["qemu-kvm"])
     assert runner.argvs() == [["/usr/bin/zypper", "--non-interactive", "install", "--no-recommends", "qemu-kvm"]]
 
 
@@ -472,7 +475,7 @@ def test_install_failure_reports_manager_stderr():
     err = "E: Unable to locate package virtops-no-such-package-xyz\n"
     runner = Runner({"apt-get": (100, "Reading package lists...\n", err)})
     with pytest.raises(PackageManagerError) as exc:
-        _host.PackageManager("debian", runner, which_all).install(["virtops-no-such-package-xyz"])
+        packages.PackageManager("debian", runner, which_all).install(["virtops-no-such-package-xyz"])
     assert "Unable to locate package virtops-no-such-package-xyz" in exc.value.message
     assert "update_cache=true" in exc.value.message
     assert exc.value.details["rc"] == 100
@@ -481,7 +484,7 @@ def test_install_failure_reports_manager_stderr():
 
 def test_missing_package_manager():
     with pytest.raises(PackageManagerError, match="None of dnf, yum was found"):
-        _host.PackageManager("redhat", Runner(), which_only("rpm")).install(["qemu-kvm"])
+        packages.PackageManager("redhat", Runner(), which_only("rpm")).install(["qemu-kvm"])
 
 
 # -- daemons: choice and systemd ----------------------------------------------------------------
@@ -495,8 +498,8 @@ def unit_tree(root, *units):
 
 
 def test_init_system(tmp_path):
-    assert _host.init_system(str(tmp_path)) == "none"
-    assert _host.init_system(unit_tree(tmp_path)) == "systemd"
+    assert daemons.init_system(str(tmp_path)) == "none"
+    assert daemons.init_system(unit_tree(tmp_path)) == "systemd"
 
 
 @pytest.mark.parametrize(
@@ -514,7 +517,7 @@ def test_init_system(tmp_path):
 )
 def test_choose_daemon_systemd(tmp_path, units, family, enabled, expected):
     root = unit_tree(tmp_path, *units)
-    assert _host.choose_daemon("auto", "systemd", family, root, which_all, lambda u: u in enabled) == expected
+    assert daemons.choose_daemon("auto", "systemd", family, root, which_all, lambda u: u in enabled) == expected
 
 
 @pytest.mark.parametrize(
@@ -527,11 +530,11 @@ def test_choose_daemon_systemd(tmp_path, units, family, enabled, expected):
     ],
 )
 def test_choose_daemon_without_systemd(tmp_path, binaries, family, expected):
-    assert _host.choose_daemon("auto", "none", family, str(tmp_path), which_only(*binaries)) == expected
+    assert daemons.choose_daemon("auto", "none", family, str(tmp_path), which_only(*binaries)) == expected
 
 
 def test_choose_daemon_explicit(tmp_path):
-    assert _host.choose_daemon("virtqemud", "none", "debian", str(tmp_path), which_only("libvirtd")) == "virtqemud"
+    assert daemons.choose_daemon("virtqemud", "none", "debian", str(tmp_path), which_only("libvirtd")) == "virtqemud"
 
 
 def systemctl_runner(active: dict, enabled: dict):
@@ -561,7 +564,7 @@ MONO_UNITS = ("libvirtd.service", "libvirtd.socket", "libvirtd-ro.socket", "libv
 def test_systemd_monolithic_start_and_enable(tmp_path):
     root = unit_tree(tmp_path, *MONO_UNITS)
     runner = systemctl_runner({}, {"libvirtd.service": "enabled"})
-    svc = _host.SystemdDaemon("libvirtd", runner, which_all, root)
+    svc = daemons.SystemdDaemon("libvirtd", runner, which_all, root)
     assert svc.units == list(MONO_UNITS)
     assert svc.state() == "stopped"
     assert svc.start(dry_run=True) == list(MONO_UNITS)
@@ -578,7 +581,7 @@ def test_systemd_monolithic_start_and_enable(tmp_path):
 def test_systemd_socket_activated_daemon_counts_as_started(tmp_path):
     root = unit_tree(tmp_path, "virtqemud.service", "virtqemud.socket", "virtlogd.socket")
     runner = systemctl_runner({"virtqemud.socket": "active", "virtlogd.socket": "active"}, {})
-    svc = _host.SystemdDaemon("virtqemud", runner, which_all, root)
+    svc = daemons.SystemdDaemon("virtqemud", runner, which_all, root)
     assert svc.units == ["virtqemud.service", "virtqemud.socket", "virtlogd.socket"]
     assert svc.state() == "started"  # the service itself exited after its idle timeout
 
@@ -586,14 +589,14 @@ def test_systemd_socket_activated_daemon_counts_as_started(tmp_path):
 def test_systemd_stop_leaves_virtlogd(tmp_path):
     root = unit_tree(tmp_path, *MONO_UNITS)
     runner = systemctl_runner(dict.fromkeys(MONO_UNITS, "active"), {})
-    svc = _host.SystemdDaemon("libvirtd", runner, which_all, root)
+    svc = daemons.SystemdDaemon("libvirtd", runner, which_all, root)
     assert svc.stop() == list(MONO_UNITS[:-1])
     assert runner.argvs()[-1] == ["/usr/bin/systemctl", "stop", *MONO_UNITS[:-1]]
 
 
 def test_systemd_masked_unit(tmp_path):
     root = unit_tree(tmp_path, "libvirtd.service")
-    svc = _host.SystemdDaemon("libvirtd", systemctl_runner({}, {"libvirtd.service": "masked"}), which_all, root)
+    svc = daemons.SystemdDaemon("libvirtd", systemctl_runner({}, {"libvirtd.service": "masked"}), which_all, root)
     with pytest.raises(HostError, match=r"systemctl unmask libvirtd\.service"):
         svc.to_enable(True)
 
@@ -601,7 +604,7 @@ def test_systemd_masked_unit(tmp_path):
 def test_systemd_disable_only_enabled_own_units(tmp_path):
     root = unit_tree(tmp_path, *MONO_UNITS)
     enabled = {"libvirtd.service": "enabled", "libvirtd.socket": "static", "virtlogd.socket": "enabled"}
-    svc = _host.SystemdDaemon("libvirtd", systemctl_runner({}, enabled), which_all, root)
+    svc = daemons.SystemdDaemon("libvirtd", systemctl_runner({}, enabled), which_all, root)
     assert svc.to_enable(False) == ["libvirtd.service"]
 
 
@@ -641,7 +644,7 @@ class Clock:
 def direct(tmp_path, runner, ping=lambda: True, timeout=5.0, procs=None):
     procs = procs or FakeProcs(tmp_path)
     clock = Clock()
-    svc = _host.DirectDaemon(
+    svc = daemons.DirectDaemon(
         "libvirtd",
         runner,
         which_all,
@@ -784,25 +787,33 @@ def host_runner(procs, installed=("qemu-system-x86", "qemu-utils", "libvirt-daem
     )
 
 
-def manager(tmp_path, runner, check=False, warnings=None, **params):
+def manager(tmp_path, runner, check=False, connection=None, **params):
     base = {"uri": "test:///default", "family": "auto", "install_packages": True, "daemon_state": "started"}
     base["daemon_enabled"] = True
     base.update(params)
-    return _host.HostManager(
-        base,
-        runner,
-        which_all,
-        check_mode=check,
-        warn=(warnings.append if warnings is not None else lambda m: None),
-        root=str(tmp_path),
-    )
+    return host_manager.HostManager(base, connection, check, runner=runner, which=which_all, root=str(tmp_path))
+
+
+class RecordingConnection(Connection):
+    """A lazy connection that records, when it opens, what ``when()`` said then."""
+
+    def __init__(self, uri, when):
+        super().__init__(uri)
+        self.when = when
+        self.opened: list = []
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self.opened.append(self.when())
+        return super().conn
 
 
 @pytest.fixture
 def fake_host(tmp_path, monkeypatch):
     pytest.importorskip("libvirt")
     fake_tree(tmp_path)
-    monkeypatch.setattr(_host, "ping", lambda uri, runner, which: True)
+    monkeypatch.setattr(host_manager, "ping", lambda uri, runner, which: True)
     return tmp_path
 
 
@@ -810,8 +821,8 @@ def test_manager_four_ways(fake_host):
     procs = FakeProcs(fake_host)
     runner = host_runner(procs)
     args = {"gui": True, "python_bindings": True}
-    warnings: list[str] = []
-    check1 = manager(fake_host, runner, check=True, warnings=warnings, **args).run()
+    first = manager(fake_host, runner, check=True, **args)
+    check1 = first.run()
     assert check1["changed"] is True
     assert check1["installed_packages"] == ["virt-manager", "python3-libvirt", "python3-lxml", "python3-guestfs"]
     assert check1["started_daemons"] == ["virtlogd", "libvirtd"]
@@ -819,7 +830,7 @@ def test_manager_four_ways(fake_host):
     assert check1["diff"]["after"] == {"packages_missing": [], "daemon_state": "started", "daemon_enabled": None}
     assert check1["host"]["libvirt_domain_types"] is None  # check mode does not ask a stopped daemon
     assert runner.argvs("apt-get") == [] and runner.argvs("libvirtd") == []
-    assert "cannot be enabled at boot" in warnings[0]
+    assert "cannot be enabled at boot" in first.warnings[0]
 
     real1 = manager(fake_host, runner, **args).run()
     assert real1["changed"] is True
@@ -839,6 +850,37 @@ def test_manager_four_ways(fake_host):
         assert again["installed_packages"] == [] and again["started_daemons"] == []
         assert again["diff"]["before"] == again["diff"]["after"]
     assert len(runner.argvs("apt-get")) == 1 and len(runner.argvs("libvirtd")) == 1
+
+
+def test_manager_contract():
+    spec = host_manager.HostManager.argument_spec()
+    assert "uri" in spec and spec["daemon_timeout"]["default"] == 60
+    assert host_manager.HostManager.module_kwargs()["supports_check_mode"] is True
+    # works without libvirt-python and lxml (virsh and the stdlib XML parser)
+    assert host_manager.HostManager.needs({}) == ()
+    m = host_manager.HostManager({"uri": "test:///default"}, runner=Runner(), which=which_all)
+    assert m.p["daemon_timeout"] == 60 and m.p["family"] == "auto" and m.p["extra_packages"] == []
+    assert m.uri == "test:///default" and m.root == "/"
+
+
+def test_manager_opens_libvirt_only_after_the_daemon_runs(fake_host):
+    procs = FakeProcs(fake_host)
+    runner = host_runner(procs)
+
+    def libvirtd_alive():
+        return daemons.DirectDaemon("libvirtd", runner, which_all, lambda: True, root=str(fake_host)).pid("libvirtd")
+
+    check = RecordingConnection("test:///default", libvirtd_alive)
+    manager(fake_host, runner, check=True, connection=check).run()
+    assert check.opened == []  # check mode does not ask a daemon it did not start
+    real = RecordingConnection("test:///default", libvirtd_alive)
+    try:
+        result = manager(fake_host, runner, connection=real).run()
+    finally:
+        real.close()
+    assert result["started_daemons"] == ["virtlogd", "libvirtd"]
+    assert len(real.opened) == 1 and real.opened[0] is not None  # opened once, with libvirtd running
+    assert result["host"]["libvirt_domain_types"] == ["test"]
 
 
 def test_manager_require_hw_virt_fails_before_changing_anything(fake_host):
@@ -864,7 +906,8 @@ def test_manager_stop_without_systemd(fake_host):
     procs = FakeProcs(fake_host)
     procs.run("virtlogd")
     pid = procs.run("libvirtd")
-    m = manager(fake_host, host_runner(procs), daemon_state="stopped", daemon_enabled=False)
+    connection = RecordingConnection("test:///default", lambda: True)
+    m = manager(fake_host, host_runner(procs), connection=connection, daemon_state="stopped", daemon_enabled=False)
     killed = []
     real_daemon = m.daemon
 
@@ -879,6 +922,7 @@ def test_manager_stop_without_systemd(fake_host):
     assert killed == [pid]
     assert result["host"]["daemon_state"] == "stopped"
     assert result["host"]["libvirt_domain_types"] is None  # a stopped daemon is not asked
+    assert connection.opened == []
 
 
 def test_manager_unsupported_family(fake_host):
@@ -917,9 +961,9 @@ VIRSH_VERSION = (
 
 
 def test_libvirt_facts_via_virsh(monkeypatch):
-    monkeypatch.setattr(_host._deps, "libvirt", None)
+    monkeypatch.setattr(_deps, "libvirt", None)
     runner = Runner({"virsh -c": lambda argv: (0, CAPS if argv[3] == "capabilities" else VIRSH_VERSION, "")})
-    facts = _host.libvirt_facts("qemu:///system", True, runner, which_only("virsh"))
+    facts = versions.libvirt_facts(Connection("qemu:///system"), True, runner, which_only("virsh"))
     assert facts["caps_xml"] == CAPS
     assert facts["libvirt_version"] == "9.0.0"
     assert facts["hypervisor"] == "QEMU"
@@ -927,22 +971,43 @@ def test_libvirt_facts_via_virsh(monkeypatch):
 
 
 def test_libvirt_facts_without_daemon(monkeypatch):
-    monkeypatch.setattr(_host._deps, "libvirt", None)
+    monkeypatch.setattr(_deps, "libvirt", None)
     runner = Runner({"virsh --version": (0, "9.0.0\n", "")})
-    facts = _host.libvirt_facts("qemu:///system", False, runner, which_only("virsh"))
+    facts = versions.libvirt_facts(Connection("qemu:///system"), False, runner, which_only("virsh"))
     assert facts == {"caps_xml": None, "libvirt_version": "9.0.0", "hypervisor": None, "qemu_version": None}
     assert all(a[1] != "-c" for a in runner.argvs())  # the daemon was not asked
 
 
+def test_libvirt_facts_leaves_a_lazy_connection_closed():
+    pytest.importorskip("libvirt")
+    lazy = RecordingConnection("bogus:///nowhere", lambda: True)
+    facts = versions.libvirt_facts(lazy, False, Runner(), which_only())
+    assert facts["caps_xml"] is None and facts["hypervisor"] is None
+    assert facts["libvirt_version"]  # of the library
+    assert lazy.opened == []
+
+
+def test_libvirt_facts_with_binding_uses_the_given_connection():
+    pytest.importorskip("libvirt")
+    connection = RecordingConnection("test:///default", lambda: True)
+    try:
+        facts = versions.libvirt_facts(connection, True, Runner(), which_only())
+    finally:
+        connection.close()
+    assert connection.opened == [True]
+    assert probe.caps_domain_types(facts["caps_xml"]) == ["test"]
+    assert facts["hypervisor"] == "TEST"
+
+
 @pytest.mark.parametrize(("rc", "expected"), [(0, True), (1, False)])
 def test_ping_via_virsh(monkeypatch, rc, expected):
-    monkeypatch.setattr(_host._deps, "libvirt", None)
+    monkeypatch.setattr(_deps, "libvirt", None)
     runner = Runner({"virsh": (rc, "", "")})
-    assert _host.ping("qemu:///system", runner, which_only("virsh")) is expected
+    assert versions.ping("qemu:///system", runner, which_only("virsh")) is expected
     assert runner.argvs() == [["/usr/bin/virsh", "-c", "qemu:///system", "version"]]
 
 
 def test_ping_with_binding():
     pytest.importorskip("libvirt")
-    assert _host.ping("test:///default", Runner(), which_all) is True
-    assert _host.ping("bogus:///nowhere", Runner(), which_all) is False
+    assert versions.ping("test:///default", Runner(), which_all) is True
+    assert versions.ping("bogus:///nowhere", Runner(), which_all) is False
