@@ -29,27 +29,9 @@ the diff of check mode and of a real run are one and the same.
 from __future__ import annotations
 
 import copy
-import math
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-
-# Units libvirt accepts for memory sizes, in bytes.
-_UNITS = {
-    "b": 1,
-    "bytes": 1,
-    "kb": 1000,
-    "k": 1024,
-    "kib": 1024,
-    "mb": 1000**2,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "tb": 1000**4,
-    "t": 1024**4,
-    "tib": 1024**4,
-}
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 
 # Machine type aliases and the prefix of the versioned names libvirt expands them to.
 MACHINE_ALIASES = {"pc": "pc-i440fx-", "q35": "pc-q35-"}
@@ -108,14 +90,8 @@ def _filled(context: str) -> frozenset:
 
 
 def _to_kib(value: str, unit: str | None) -> str | None:
-    factor = _UNITS.get((unit or "KiB").strip().lower())
-    try:
-        number = int(value.strip())
-    except (AttributeError, ValueError):
-        return None
-    if factor is None:
-        return None
-    return str(math.ceil(number * factor / 1024))
+    kib = dx.to_kib(value, unit)
+    return None if kib is None else str(kib)
 
 
 def canonical(root):
@@ -146,7 +122,7 @@ def canonical(root):
             if kib is not None:
                 el.text = kib
                 el.set("unit", "KiB")
-        elif unit is not None and el.text and unit.strip().lower() in _UNITS and len(el) == 0:
+        elif unit is not None and el.text and unit.strip().lower() in dx.UNITS and len(el) == 0:
             kib = _to_kib(el.text, unit)
             if kib is not None:
                 el.text = kib
@@ -389,66 +365,3 @@ def predict(wanted, current):
     result = canonical(current)
     _overlay(canonical(wanted), result, "domain")
     return result
-
-
-# --------------------------------------------------------------------------- live vs config
-
-
-_DIGEST_TEXT = ("memory", "vcpu", "os/kernel", "os/initrd", "os/cmdline")
-
-
-def restart_digest(root) -> dict:
-    """The settings that only take effect when the domain starts, for live/inactive comparison."""
-    root = canonical(root)
-    ostype = root.find("os/type")
-    cpu = root.find("cpu")
-    digest = {
-        "type": root.get("type"),
-        "os": None if ostype is None else (ostype.text, ostype.get("arch"), ostype.get("machine")),
-        "cpu_mode": None if cpu is None else cpu.get("mode", "custom"),
-    }
-    for path in _DIGEST_TEXT:
-        el = root.find(path)
-        digest[path] = None if el is None else (el.text or "")
-    disks = {}
-    for d in root.findall("devices/disk"):
-        tgt, src = d.find("target"), d.find("source")
-        if tgt is None:
-            continue
-        source = None
-        if src is not None:
-            source = src.get("file") or src.get("dev") or src.get("name") or src.get("volume")
-        disks[tgt.get("dev")] = (d.get("device", "disk"), source, d.find("readonly") is not None)
-    digest["disks"] = disks
-    ifaces = {}
-    for i in root.findall("devices/interface"):
-        mac = i.find("mac")
-        model = i.find("model")
-        ifaces[mac.get("address") if mac is not None else None] = (
-            i.get("type"),
-            None if model is None else model.get("type"),
-        )
-    digest["interfaces"] = ifaces
-    return digest
-
-
-def restart_differences(inactive, live) -> list[str]:
-    """Settings of the persistent config that the running domain does not have yet."""
-    a, b = restart_digest(inactive), restart_digest(live)
-    out = []
-    for key in a:
-        if key == "disks":
-            for tgt in sorted(set(a[key]) | set(b[key]), key=str):
-                if a[key].get(tgt) != b[key].get(tgt):
-                    # a CD-ROM with media changed live only is not a pending restart
-                    if (a[key].get(tgt) or ("",))[0] == "cdrom" and (b[key].get(tgt) or ("",))[0] == "cdrom":
-                        continue
-                    out.append(f"disk {tgt}")
-        elif a[key] != b[key]:
-            out.append(key)
-    return out
-
-
-def strip_for_display(root) -> str:
-    """Pretty XML text (used for diffs)."""
-    return _deps.etree.tostring(root, pretty_print=True, encoding="unicode")

@@ -295,44 +295,13 @@ domain:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import CONNECTION_ARGS, Connection  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._domain import DomainManager  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._module import run  # noqa: E402
-
-STATES = ["present", "running", "shutdown", "destroyed", "paused", "absent", "rebooted"]
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.manager import DomainManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module  # noqa: E402
 
 
 def main() -> None:
-    argument_spec = dict(
-        name=dict(type="str", required=True),
-        state=dict(type="str", default="present", choices=STATES),
-        xml=dict(type="str"),
-        domain_type=dict(type="str", choices=["auto", "kvm", "qemu"]),
-        memory=dict(type="int"),
-        vcpus=dict(type="int"),
-        autostart=dict(type="bool"),
-        title=dict(type="str"),
-        description=dict(type="str"),
-        shutdown_timeout=dict(type="int", default=120),
-        force=dict(type="bool", default=False),
-        remove_storage=dict(type="str", default="none", choices=["none", "overlays", "all"]),
-        allow_base_start=dict(type="bool", default=False),
-        **CONNECTION_ARGS,
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    _deps.require(module, "libvirt", "lxml")
-
-    def work() -> dict:
-        with Connection(module.params["uri"]) as connection:
-            result = DomainManager(module.params, check_mode=module.check_mode, connection=connection).run()
-        for warning in result.pop("warnings", []):
-            module.warn(warning)
-        if not module._diff:
-            result.pop("diff", None)
-        return result
-
-    run(module, work)
+    module = AnsibleModule(**DomainManager.module_kwargs())
+    run_module(module, DomainManager)
 
 
 if __name__ == "__main__":

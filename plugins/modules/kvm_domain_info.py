@@ -104,36 +104,13 @@ missing:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import CONNECTION_ARGS, Connection  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._domain import list_domains  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._module import run  # noqa: E402
-
-STATE_CHOICES = ["running", "blocked", "paused", "in_shutdown", "shutoff", "shutdown", "crashed", "pmsuspended"]
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import DomainInfoManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module  # noqa: E402
 
 
 def main() -> None:
-    argument_spec = dict(
-        name=dict(type="list", elements="str", aliases=["names"]),
-        state=dict(type="list", elements="str", choices=[*STATE_CHOICES, "nostate"]),
-        xml=dict(type="bool", default=False),
-        **CONNECTION_ARGS,
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    _deps.require(module, "libvirt", "lxml")
-
-    def work() -> dict:
-        with Connection(module.params["uri"], readonly=True) as connection:
-            domains, missing = list_domains(
-                connection.conn,
-                connection.uri,
-                names=module.params["name"],
-                states=module.params["state"],
-                with_xml=module.params["xml"],
-            )
-        return dict(changed=False, domains=domains, missing=missing)
-
-    run(module, work)
+    module = AnsibleModule(**DomainInfoManager.module_kwargs())
+    run_module(module, DomainInfoManager)
 
 
 if __name__ == "__main__":

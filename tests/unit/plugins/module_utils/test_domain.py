@@ -8,15 +8,26 @@ import subprocess
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain as dm
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
+from ansible_collections.virtops.kvm.plugins.module_utils._domain import info
+from ansible_collections.virtops.kvm.plugins.module_utils._domain import manager as manager_module
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.context import DomainContext
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import (
+    DomainInfoManager,
+    config_file,
+    list_domains,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.manager import DomainManager
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.transitions import Transitions
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
     DomainNotFound,
     InvalidInput,
     StorageError,
+    TimeoutExpired,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, state_name
 
 URI = "test:///default"
 
@@ -70,7 +81,7 @@ def run(name, check=False, **params):
     base.update(params)
     c = Connection(URI)
     try:
-        return dm.DomainManager(base, check_mode=check, connection=c, sleep=lambda _s: None).run()
+        return DomainManager(base, c, check, sleep=lambda _s: None).run()
     finally:
         c.close()
 
@@ -85,7 +96,7 @@ def assert_four(results, first=True):
 
 
 def state_of(conn, name):
-    return dm.state_name(conn.lookupByName(name).state()[0])
+    return state_name(conn.lookupByName(name).state()[0])
 
 
 def test_define_four_ways_and_check_mode_defines_nothing(conn, name):
@@ -300,19 +311,19 @@ def test_remove_storage_refuses_shared_and_base_files(conn, name, tmp_path):
 
 def test_info_lists_and_filters(conn, name):
     run(name, xml=xml(name), title="t1")
-    domains, missing = dm.list_domains(conn, URI, names=[name, "nope"], with_xml=True)
+    domains, missing = list_domains(conn, URI, names=[name, "nope"], with_xml=True)
     assert [d["name"] for d in domains] == [name] and missing == ["nope"]
     assert domains[0]["state"] == "shutoff" and domains[0]["title"] == "t1" and "<domain" in domains[0]["xml"]
-    running = dm.list_domains(conn, URI, states=["running"])[0]
+    running = list_domains(conn, URI, states=["running"])[0]
     assert name not in [d["name"] for d in running] and "test" in [d["name"] for d in running]
-    off = dm.list_domains(conn, URI, states=["shutdown"])[0]
+    off = list_domains(conn, URI, states=["shutdown"])[0]
     assert name in [d["name"] for d in off]
 
 
 def test_config_file_paths():
-    assert dm.config_file("qemu:///system", "a") == "/etc/libvirt/qemu/a.xml"
-    assert dm.config_file("qemu+ssh://root@h/system", "a") == "/etc/libvirt/qemu/a.xml"
-    assert dm.config_file("test:///default", "a") is None
+    assert config_file("qemu:///system", "a") == "/etc/libvirt/qemu/a.xml"
+    assert config_file("qemu+ssh://root@h/system", "a") == "/etc/libvirt/qemu/a.xml"
+    assert config_file("test:///default", "a") is None
 
 
 def test_domain_info_carries_the_clone_provenance(conn, name, tmp_path):
@@ -325,8 +336,111 @@ def test_domain_info_carries_the_clone_provenance(conn, name, tmp_path):
         created_by="virtops.kvm",
         created_disks=[dict(path=overlay, base=None, mode="overlay", format=None)],
     )
-    listed, missing = dm.list_domains(conn, URI, names=[name])
+    listed, missing = list_domains(conn, URI, names=[name])
     assert missing == [] and listed[0]["provenance"]["template"] == "t"
     run(name, state="absent")
     run(name, xml=xml(name, disk=overlay))
     assert run(name)["domain"]["provenance"] is None
+
+
+def test_info_manager_is_read_only_and_reports_missing(conn, name):
+    run(name, xml=xml(name))
+    manager = DomainInfoManager({"name": [name, "nope"], "uri": URI})
+    try:
+        assert manager.READONLY and manager.connection.readonly
+        r = manager.run()
+    finally:
+        manager.connection.close()
+    assert r["changed"] is False and r["missing"] == ["nope"]
+    assert [d["name"] for d in r["domains"]] == [name] and "xml" not in r["domains"][0]
+
+
+def test_a_domain_undefined_while_listed_is_not_listed(conn, name, monkeypatch):
+    run(name, xml=xml(name))
+    scan = HostScan.take(conn)
+    conn.lookupByName(name).undefine()
+
+    class Taken:
+        @staticmethod
+        def take(_conn):
+            return scan
+
+    monkeypatch.setattr(info, "HostScan", Taken)
+    domains, missing = list_domains(conn, URI, names=[name, "test"])
+    assert [d["name"] for d in domains] == ["test"] and missing == []
+
+
+def test_manager_defaults_come_from_the_argument_spec(conn, name):
+    run(name, xml=xml(name))
+    manager = DomainManager({"name": name, "uri": URI})  # the Manager opens (and the caller closes) its connection
+    try:
+        assert (manager.p["state"], manager.p["shutdown_timeout"], manager.p["remove_storage"]) == (
+            "present",
+            120,
+            "none",
+        )
+        r = manager.run()
+    finally:
+        manager.connection.close()
+    assert r["changed"] is False and r["domain"]["name"] == name and manager.warnings == []
+
+
+def test_shutdown_timeout_must_be_given(name):
+    with pytest.raises(InvalidInput, match="shutdown_timeout"):
+        run(name, xml=xml(name), shutdown_timeout=None)
+
+
+class _DeafDomain:
+    """A guest that ignores the ACPI power button (the test driver always obeys it)."""
+
+    def __init__(self):
+        self.active = True
+
+    def isActive(self):
+        return self.active
+
+    def shutdown(self):
+        pass
+
+    def destroy(self):
+        self.active = False
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_shutdown_waits_with_the_clock_seam(force):
+    now = [0.0]
+    ctx = DomainContext(Connection(URI), "deaf", check_mode=False)
+    machine = Transitions(ctx, 3, force, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    dom = _DeafDomain()
+    if force:
+        machine.stop(dom, 1)
+        assert ctx.changes == ["shutdown", "destroy after timeout"] and not dom.active
+    else:
+        with pytest.raises(TimeoutExpired, match="did not shut down within 3 s"):
+            machine.stop(dom, 1)
+        assert dom.active
+    assert now[0] == pytest.approx(3.0)
+
+
+def test_one_host_scan_per_run_and_only_when_needed(conn, name, tmp_path, monkeypatch):
+    taken = []
+    real_take = HostScan.take
+
+    class Counted:
+        @staticmethod
+        def take(c):
+            taken.append(1)
+            return real_take(c)
+
+    monkeypatch.setattr(manager_module, "HostScan", Counted)
+    a, b = _qcow2(tmp_path / "a.qcow2"), _qcow2(tmp_path / "b.qcow2")
+    second = f"<disk type='file' device='disk'><source file='{b}'/><target dev='vdb' bus='virtio'/></disk>"
+    run(name, xml=xml(name, disk=a).replace("<interface", second + "<interface"))
+    run(name, state="running")  # two writable disks checked for overlays: one scan
+    assert len(taken) == 1
+    run(name, state="destroyed")
+    run(name, state="absent", remove_storage="none")  # nothing to delete: no scan
+    assert len(taken) == 1
+    run(name, xml=xml(name, disk=a).replace("<interface", second + "<interface"))
+    assert run(name, state="absent", remove_storage="all")["removed_files"] == [a, b]
+    assert len(taken) == 2

@@ -6,6 +6,7 @@ import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _xml_compare as xc
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.restart import restart_differences
 
 # What the user writes (like the test guest's template).
 USER = """<domain type="qemu">
@@ -224,8 +225,8 @@ def test_predict_removes_what_the_user_dropped():
 
 def test_restart_differences():
     live = _edit(LIBVIRT, "<domain type='qemu'>", "<domain type='qemu' id='3'>")
-    assert xc.restart_differences(_p(LIBVIRT), _p(live)) == []
+    assert restart_differences(_p(LIBVIRT), _p(live)) == []
     bigger = _edit(LIBVIRT, "<memory unit='KiB'>262144</memory>", "<memory unit='MiB'>512</memory>")
-    assert xc.restart_differences(_p(bigger), _p(live)) == ["memory"]
+    assert restart_differences(_p(bigger), _p(live)) == ["memory"]
     titled = _edit(LIBVIRT, "<on_crash>", "<title>t</title><on_crash>")
-    assert xc.restart_differences(_p(titled), _p(live)) == []
+    assert restart_differences(_p(titled), _p(live)) == []
