@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import libvirt  # noqa: E402
 from harness import run_module  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils._clone import CloneManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection  # noqa: E402
 
 IMAGES = Path("/var/lib/libvirt/images")
 
@@ -97,8 +98,10 @@ def via_module(tpl: str, workdir: Path, names: list[str], uri: str) -> None:
         raise RuntimeError(f"kvm_clone failed: {r.get('msg')}\n{r.get('_stderr', '')[-2000:]}")
 
 
-def via_manager(conn, tpl: str, workdir: Path, names: list[str]) -> None:
-    CloneManager(conn, runner, template=tpl, clones=names, dest_dir=str(workdir), domain_type="qemu").run()
+def via_manager(uri: str, tpl: str, workdir: Path, names: list[str]) -> None:
+    params = dict(template=tpl, clones=names, dest_dir=str(workdir), domain_type="qemu")
+    with Connection(uri) as connection:
+        CloneManager(params, connection, runner=runner).run()
 
 
 def main() -> int:
@@ -135,7 +138,7 @@ def main() -> int:
                 ("floor", lambda names=names: floor(conn, base, workdir, names)),
                 ("course", lambda names=names: course(conn, base, workdir, names)),
                 ("module", lambda names=names: via_module(tpl, workdir, names, opts.uri)),
-                ("inproc", lambda names=names: via_manager(conn, tpl, workdir, names)),
+                ("inproc", lambda names=names: via_manager(opts.uri, tpl, workdir, names)),
             ):
                 os.chmod(base, 0o644)  # kvm_clone protects the base; the baselines do not care
                 t0 = time.perf_counter()

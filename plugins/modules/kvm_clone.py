@@ -233,7 +233,8 @@ removed_files:
   sample: [/kvmfile/stu01.qcow2, /kvmfile/stu01.xml]
 kept_files:
   description: Files a removed clone created that were (or in check mode would be) kept because another domain
-    still uses them.
+    still uses them, or a qcow2 overlay in the same directory has them as its backing file; C(used_by) names
+    the domains, or the paths of such overlay files.
   returned: when files were kept
   type: list
   elements: dict
@@ -258,63 +259,13 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._clone import CloneManager  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import CONNECTION_ARGS, Connection  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._module import run  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module  # noqa: E402
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            template=dict(type="str"),
-            template_xml=dict(type="str"),
-            name=dict(type="str"),
-            clones=dict(type="list", elements="raw"),
-            mode=dict(type="str", choices=["overlay", "copy"], default="overlay"),
-            dest_dir=dict(type="path"),
-            xml_dir=dict(type="path"),
-            domain_type=dict(type="str", choices=["auto", "kvm", "qemu"], default="auto"),
-            state=dict(type="str", choices=["present", "running", "absent"], default="present"),
-            protect_base=dict(type="bool", default=True),
-            parallel=dict(type="int", default=4),
-            **CONNECTION_ARGS,
-        ),
-        mutually_exclusive=[("template", "template_xml"), ("name", "clones")],
-        required_one_of=[("name", "clones")],
-        required_if=[
-            ("state", "present", ("template", "template_xml"), True),
-            ("state", "running", ("template", "template_xml"), True),
-        ],
-        supports_check_mode=True,
-    )
-    _deps.require(module, "libvirt", "lxml")
-    p = module.params
-
-    def work() -> dict:
-        with Connection(p["uri"]) as c:
-            manager = CloneManager(
-                c.conn,
-                module.run_command,
-                template=p["template"],
-                template_xml=p["template_xml"],
-                name=p["name"],
-                clones=p["clones"],
-                mode=p["mode"],
-                dest_dir=p["dest_dir"],
-                xml_dir=p["xml_dir"],
-                domain_type=p["domain_type"],
-                state=p["state"],
-                protect_base=p["protect_base"],
-                parallel=p["parallel"],
-                check_mode=module.check_mode,
-            )
-            result = manager.run()
-        for w in result.pop("warnings", []):
-            module.warn(w)
-        return result
-
-    run(module, work)
+    module = AnsibleModule(**CloneManager.module_kwargs())
+    run_module(module, CloneManager)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from harness import assert_four_ways, four_ways, run_module
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
 
 
 @pytest.fixture
@@ -289,9 +290,7 @@ def test_bad_inputs_change_nothing(conn, guest, tpl, prefix, scratch):
 
 
 def test_auto_domain_type_follows_the_host_verdict(conn, tpl, prefix, scratch):
-    from ansible_collections.virtops.kvm.plugins.module_utils import _host
-
-    expected, reason = _host.usable_domain_type(conn)
+    expected, reason = usable_domain_type(conn)
     n = f"{prefix}-auto"
     results = four_ways("kvm_clone", dict(template=tpl["name"], name=n, domain_type="auto"))
     assert_four_ways(results)

@@ -1,6 +1,7 @@
 """CloneManager against libvirt's test:///default driver (no daemon) and real qemu-img in tmp_path.
 
-The seams are the ones the module uses: a virConnect and a runner for qemu-img.
+The seams are the ones the module uses: the connection (here holding the
+test's own virConnect) and a runner for qemu-img.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import threading
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _clone as cl
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import plan as clone_plan
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
     DomainNotFound,
@@ -23,6 +26,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     StorageError,
     TimeoutExpired,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 TPL = "ut-tpl"
 
@@ -60,11 +64,24 @@ def tpl(conn, tmp_path):
     return base
 
 
-def manager(conn, tmp_path, **kw):
-    kw.setdefault("template", TPL)
-    kw.setdefault("domain_type", "qemu")
-    kw.setdefault("lock_path", str(tmp_path / "lock"))
-    return cl.CloneManager(conn, runner, **kw)
+class Held:
+    """The manager's connection, holding the test's open virConnect (or a stand-in for it)."""
+
+    uri = "test:///default"
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def close(self) -> None:
+        pass  # the fixture closes it
+
+
+def manager(conn, tmp_path, check_mode=False, **params):
+    """A CloneManager as the module makes one: options (defaults from the spec), connection, check mode."""
+    if "template_xml" not in params:
+        params.setdefault("template", TPL)
+    params.setdefault("domain_type", "qemu")
+    return CloneManager(params, Held(conn), check_mode, runner=runner, lock_path=str(tmp_path / "lock"))
 
 
 def snapshot(conn, tmp_path):
@@ -95,7 +112,7 @@ def test_overlay_clones_four_ways(conn, tpl, tmp_path):
         chain = st.backing_chain(c["disks"][0]["path"])
         assert chain[0]["backing_file"] == str(tpl) and chain[0]["backing_format"] == "qcow2"
     assert conn.lookupByName("ut-b").autostart() == 1
-    assert cl.memory_mib(dx.parse(conn.lookupByName("ut-b").XMLDesc(0))) == 128
+    assert dx.memory_mib(dx.parse(conn.lookupByName("ut-b").XMLDesc(0))) == 128
     assert not os.stat(tpl).st_mode & 0o222  # base protected
     assert real["bases"] == [dict(path=str(tpl), read_only=True, dependents=["ut-a", "ut-b"])]
 
@@ -192,17 +209,14 @@ def test_bad_inputs_change_nothing(conn, tpl, tmp_path):
 
 
 def test_template_disk_problems(conn, tmp_path):
-    lock = str(tmp_path / "lock")
     missing = template_xml("ut-t1", str(tmp_path / "gone.qcow2"))
     with pytest.raises(StorageError, match="does not exist"):
-        cl.CloneManager(conn, runner, template_xml=missing, name="ut-n", domain_type="qemu", lock_path=lock).run()
+        manager(conn, tmp_path, template_xml=missing, name="ut-n").run()
     vmdk = tmp_path / "t.vmdk"
     subprocess.run(["qemu-img", "create", "-q", "-f", "vmdk", str(vmdk), "1M"], check=True)
     for fmt in ("vmdk", "raw"):
         with pytest.raises(StorageError, match="not support"):
-            cl.CloneManager(
-                conn, runner, template_xml=template_xml("ut-t2", str(vmdk), fmt), name="ut-n", lock_path=lock
-            ).run()
+            manager(conn, tmp_path, template_xml=template_xml("ut-t2", str(vmdk), fmt), name="ut-n").run()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "lock") == ["t.vmdk"]
 
 
@@ -210,9 +224,7 @@ def test_raw_template_gives_qcow2_overlay_on_raw(conn, tmp_path):
     raw = tmp_path / "base.img"
     raw.write_bytes(b"\0" * 1048576)
     xml = template_xml("ut-rawtpl", str(raw), "raw")
-    res = cl.CloneManager(
-        conn, runner, template_xml=xml, name="ut-r", domain_type="qemu", lock_path=str(tmp_path / "lock")
-    ).run()
+    res = manager(conn, tmp_path, template_xml=xml, name="ut-r").run()
     disk = res["clones"][0]["disks"][0]
     assert disk["format"] == "qcow2" and disk["backing_format"] == "raw"
     assert st.qcow2_header(disk["path"])["backing_format"] == "raw"
@@ -233,15 +245,7 @@ def test_define_failure_rolls_back_that_clone_only(conn, tpl, tmp_path):
         def __getattr__(self, name):
             return getattr(self._real, name)
 
-    m = cl.CloneManager(
-        FailingConn(conn, "ut-bad"),
-        runner,
-        template=TPL,
-        clones=["ut-ok1", "ut-bad", "ut-ok2"],
-        domain_type="qemu",
-        xml_dir=str(tmp_path),
-        lock_path=str(tmp_path / "lock"),
-    )
+    m = manager(FailingConn(conn, "ut-bad"), tmp_path, clones=["ut-ok1", "ut-bad", "ut-ok2"], xml_dir=str(tmp_path))
     with pytest.raises(KvmError, match=r"1 of 3 clone\(s\) failed \(ut-bad\).*injected define failure") as info:
         m.run()
     assert info.value.details["failed_clones"] == ["ut-bad"]
@@ -255,9 +259,7 @@ def test_define_failure_rolls_back_that_clone_only(conn, tpl, tmp_path):
 
 
 def test_auto_domain_type_uses_host_verdict(conn, tpl, tmp_path, monkeypatch):
-    from ansible_collections.virtops.kvm.plugins.module_utils import _host
-
-    monkeypatch.setattr(_host, "usable_domain_type", lambda c=None: ("qemu", "no vmx/svm"))
+    monkeypatch.setattr(clone_plan, "usable_domain_type", lambda c=None: ("qemu", "no vmx/svm"))
     res = manager(conn, tmp_path, name="ut-auto", domain_type="auto").run()
     assert res["domain_type_reason"] == "no vmx/svm"
     assert conn.lookupByName("ut-auto").XMLDesc(0).startswith("<domain type='qemu'")
@@ -269,27 +271,20 @@ def test_overlay_refused_on_base_a_running_domain_writes(conn, tmp_path):
     dom = conn.defineXML(template_xml("ut-busy", str(base)))
     dom.create()
     with pytest.raises(StorageError, match="running domain\\(s\\) ut-busy write to it"):
-        cl.CloneManager(
-            conn,
-            runner,
-            template_xml=template_xml("ut-t", str(base)),
-            name="ut-n",
-            domain_type="qemu",
-            lock_path=str(tmp_path / "lock"),
-        ).run()
+        manager(conn, tmp_path, template_xml=template_xml("ut-t", str(base)), name="ut-n").run()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "lock") == ["busy.qcow2"]
 
 
 def test_host_lock_excludes_a_second_holder(tmp_path):
     path = str(tmp_path / "lock")
-    with cl.HostLock(path):
+    with HostLock(path):
         with pytest.raises(TimeoutExpired):
-            with cl.HostLock(path, timeout=0.2):
+            with HostLock(path, timeout=0.2):
                 pass
     got = []
 
     def take():
-        with cl.HostLock(path, timeout=5):
+        with HostLock(path, timeout=5):
             got.append(True)
 
     t = threading.Thread(target=take)
@@ -370,3 +365,59 @@ def test_older_clone_without_xml_record_needs_xml_dir(conn, tpl, tmp_path):
     assert (xml_dir / "ut-a.xml").exists()  # today's behaviour: not found without xml_dir
     res = manager(conn, tmp_path, name="ut-b", state="absent", template=None, xml_dir=str(xml_dir)).run()
     assert sorted(res["removed_files"]) == sorted([str(tmp_path / "ut-b.qcow2"), str(xml_dir / "ut-b.xml")])
+
+
+def test_one_scan_per_run_taken_under_the_lock(conn, tpl, tmp_path, monkeypatch):
+    manager(conn, tmp_path, name="ut-old").run()
+    lock_held_at_scan = []
+    take = HostScan.take.__func__
+
+    def counting_take(cls, c):
+        try:
+            with HostLock(str(tmp_path / "lock"), timeout=0):
+                lock_held_at_scan.append(False)
+        except TimeoutExpired:
+            lock_held_at_scan.append(True)
+        return take(cls, c)
+
+    monkeypatch.setattr(HostScan, "take", classmethod(counting_take))
+    kw = dict(clones=[{"name": "ut-old", "state": "absent"}, "ut-n1", "ut-n2", "ut-n3"], parallel=2)
+    check = manager(conn, tmp_path, check_mode=True, **kw).run()
+    assert lock_held_at_scan == [False]  # check mode: one scan, no lock
+    real = manager(conn, tmp_path, **kw).run()
+    assert lock_held_at_scan == [False, True]  # a real run: one scan, under the lock
+    # the bases' dependents: the scan's, without what the run removed, with what it created
+    want = [dict(path=str(tpl), read_only=True, dependents=["ut-n1", "ut-n2", "ut-n3"])]
+    assert check["bases"] == want and real["bases"] == want
+    assert [c["state"] for c in real["clones"]] == ["absent", "present", "present", "present"]
+    assert {d.name() for d in conn.listAllDomains() if d.name().startswith("ut-n")} == {"ut-n1", "ut-n2", "ut-n3"}
+
+
+def test_absent_keeps_disk_a_hand_made_overlay_uses(conn, tpl, tmp_path):
+    manager(conn, tmp_path, name="ut-a").run()
+    disk = str(tmp_path / "ut-a.qcow2")
+    by_hand = str(tmp_path / "by-hand.qcow2")
+    st.create_overlay(runner, disk, by_hand)  # qemu-img create -b, no domain
+    kw = dict(name="ut-a", state="absent", template=None)
+    check = manager(conn, tmp_path, check_mode=True, **kw)
+    assert check.run()["kept_files"] == [dict(path=disk, used_by=[by_hand])]
+    assert check.warnings == [f"Would keep {disk}: still used by {by_hand}."]
+    real = manager(conn, tmp_path, **kw)
+    res = real.run()
+    assert res["changed"] is True and "removed_files" not in res
+    assert res["kept_files"] == [dict(path=disk, used_by=[by_hand])]
+    assert real.warnings == [f"Kept {disk}: still used by {by_hand}."]
+    assert os.path.exists(disk) and "ut-a" not in [d.name() for d in conn.listAllDomains()]
+
+
+def test_module_options_live_in_the_manager():
+    spec = CloneManager.argument_spec()
+    assert spec["mode"]["default"] == "overlay" and spec["parallel"]["default"] == 4 and "uri" in spec
+    kwargs = CloneManager.module_kwargs()
+    assert ("template", "template_xml") in kwargs["mutually_exclusive"]
+    assert kwargs["required_one_of"] == [("name", "clones")]
+    assert kwargs["supports_check_mode"] is True
+    m = CloneManager(dict(name="ut-a", template=TPL), Held(None))
+    assert m.p["state"] == "present" and m.p["protect_base"] is True and m.specs[0]["name"] == "ut-a"
+    with pytest.raises(InvalidInput, match="parallel"):
+        CloneManager(dict(name="ut-a", parallel=0), Held(None))

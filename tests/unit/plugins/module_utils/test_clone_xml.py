@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _clone as cl
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import spec, transform
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 
 TEMPLATE = """
@@ -96,7 +96,7 @@ def make(**kw):
     )
     args.update(kw)
     tpl = dx.parse(TEMPLATE)
-    return tpl, cl.transform(tpl, **args)
+    return tpl, transform.transform(tpl, **args)
 
 
 def test_identity_changes_and_template_untouched():
@@ -158,7 +158,7 @@ def test_provenance_written_and_other_metadata_kept():
     assert [c["path"] for c in prov["created_disks"]] == ["/kvmfile/stu01.qcow2", "/kvmfile/stu01-vdb.qcow2"]
     assert root.find("metadata/{urn:other}x").text == "keep me"
     # cloning a clone replaces, not stacks, the record
-    again = cl.transform(
+    again = transform.transform(
         root,
         name="stu02",
         uuid=NEW_UUID,
@@ -175,9 +175,9 @@ def test_provenance_written_and_other_metadata_kept():
 
 def test_memory_vcpus_overrides():
     _xml, root = make(memory_mib=2048, vcpus=4)
-    assert cl.memory_mib(root) == 2048
+    assert dx.memory_mib(root) == 2048
     assert root.find("currentMemory").text == str(2048 * 1024)
-    assert cl.vcpus_of(root) == 4
+    assert dx.vcpus(root) == 4
     assert "current" not in root.find("vcpu").attrib
     assert root.find("cpu/topology") is None  # 1x2x1 no longer adds up to 4
     _xml, root = make(vcpus=2)
@@ -197,23 +197,23 @@ def test_nvram_without_source_file_is_regenerated():
     ],
 )
 def test_derived_path(path, expected):
-    assert cl.derived_path(path, "centos7", "stu01") == expected
+    assert transform.derived_path(path, "centos7", "stu01") == expected
 
 
 @pytest.mark.parametrize("bad", ["../x", "/", "a b", "x" * 65, "", "a/b", ".hidden", None])
 def test_unsafe_names_refused(bad):
     with pytest.raises(InvalidInput):
-        cl.normalize_clones(None, [bad])
+        spec.normalize_clones(None, [bad])
 
 
 def test_names_and_overrides_normalised():
-    specs = cl.normalize_clones(
+    specs = spec.normalize_clones(
         None,
         ["stu01", {"name": "stu02", "memory": "512", "vcpus": 2, "macs": "52-54-00-AA-BB-CC", "state": "running"}],
     )
     assert specs[0] == dict(name="stu01", memory=None, vcpus=None, autostart=None, macs=[], uuid=None, state="present")
     assert specs[1]["memory"] == 512 and specs[1]["macs"] == ["52:54:00:aa:bb:cc"] and specs[1]["state"] == "running"
-    assert cl.normalize_clones("one", None)[0]["name"] == "one"
+    assert spec.normalize_clones("one", None)[0]["name"] == "one"
 
 
 @pytest.mark.parametrize(
@@ -233,13 +233,27 @@ def test_names_and_overrides_normalised():
 )
 def test_bad_batches_refused(clones, match):
     with pytest.raises(InvalidInput, match=match):
-        cl.normalize_clones(None, clones)
+        spec.normalize_clones(None, clones)
 
 
 def test_new_mac_unique_and_in_qemu_range():
     used = {"52:54:00:00:00:01"}
-    macs = [cl.new_mac(used) for _i in range(500)]
+    macs = [spec.new_mac(used) for _i in range(500)]
     assert len(set(macs)) == 500
     assert all(m.startswith("52:54:00:") for m in macs)
     assert "52:54:00:00:00:01" not in macs
     assert len(used) == 501
+
+
+@pytest.mark.parametrize(
+    ("index", "fmt", "mode", "expected"),
+    [
+        (0, "qcow2", "overlay", "/kvmfile/stu01.qcow2"),
+        (1, "raw", "overlay", "/kvmfile/stu01-vdb.qcow2"),  # an overlay is qcow2 whatever its base
+        (0, "raw", "copy", "/kvmfile/stu01.img"),
+        (1, "qcow2", "copy", "/kvmfile/stu01-vdb.qcow2"),
+    ],
+)
+def test_clone_disk_path(index, fmt, mode, expected):
+    disk = dict(target="vda" if index == 0 else "vdb", path="/images/centos7", format=fmt)
+    assert transform.clone_disk_path("/kvmfile", "stu01", index, disk, mode) == expected
