@@ -272,60 +272,13 @@ guestmount_argv:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import CONNECTION_ARGS, connect  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._guestfs import DEFAULT_MAX_SIZE, GuestfsManager  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._module import run  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.manager import GuestfsManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module  # noqa: E402
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            domain=dict(type="str"),
-            disks=dict(type="list", elements="raw"),
-            paths=dict(type="list", elements="str", default=[]),
-            list_dirs=dict(type="list", elements="str", default=[]),
-            mounts=dict(type="dict"),
-            fail_missing=dict(type="bool", default=False),
-            max_size=dict(type="int", default=DEFAULT_MAX_SIZE),
-            dest=dict(type="path"),
-            allow_running=dict(type="bool", default=False),
-            state=dict(type="str", choices=["read", "mounted", "unmounted"], default="read"),
-            mount_point=dict(type="path"),
-            force_tcg=dict(type="str", choices=["auto", "yes", "no"], default="auto"),
-            unmount_timeout=dict(type="int", default=120),
-            **CONNECTION_ARGS,
-        ),
-        mutually_exclusive=[("domain", "disks")],
-        required_if=[
-            ("state", "read", ("domain", "disks"), True),
-            ("state", "mounted", ("domain", "disks"), True),
-            ("state", "mounted", ("mount_point",)),
-            ("state", "unmounted", ("mount_point",)),
-        ],
-        supports_check_mode=True,
-    )
-    if module.params["state"] != "unmounted":
-        _deps.require(module, "guestfs", "libvirt", "lxml")
-
-    def runner(argv: list, env: dict | None = None) -> tuple:
-        return module.run_command(argv, environ_update=env or {})
-
-    manager = GuestfsManager(
-        module.params,
-        module.check_mode,
-        connect=connect,
-        runner=runner,
-        which=module.get_bin_path,
-    )
-
-    def work() -> dict:
-        result = manager.run()
-        for warning in manager.warnings:
-            module.warn(warning)
-        return result
-
-    run(module, work)
+    module = AnsibleModule(**GuestfsManager.module_kwargs())
+    run_module(module, GuestfsManager)
 
 
 if __name__ == "__main__":

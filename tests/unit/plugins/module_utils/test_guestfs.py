@@ -1,4 +1,4 @@
-"""Unit tests for _guestfs: the read logic against a fake libguestfs handle, no appliance."""
+"""Unit tests for the _guestfs package: the read logic against a fake libguestfs handle, no appliance."""
 
 from __future__ import annotations
 
@@ -11,14 +11,19 @@ import subprocess
 
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _guestfs as gf
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
+    DomainNotFound,
     GuestfsError,
     InvalidInput,
     StorageError,
     TimeoutExpired,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs import drives, mount, read
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.manager import GuestfsManager
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession
 
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
 GROUP = b"root:x:0:\nstaff:x:50:\n"
@@ -144,7 +149,7 @@ def guest(**kw) -> FakeGuestFS:
 
 
 def session(handle, force_tcg=False):
-    return gf.GuestfsSession([{"path": "/img/a.qcow2", "format": "qcow2"}], force_tcg, handle_factory=lambda: handle)
+    return GuestfsSession([{"path": "/img/a.qcow2", "format": "qcow2"}], force_tcg, handle_factory=lambda: handle)
 
 
 # --------------------------------------------------------------------------- one launch, safety
@@ -153,12 +158,12 @@ def session(handle, force_tcg=False):
 def test_one_launch_for_many_paths_readonly_no_network():
     files = {f"/etc/f{i}": reg(f"file {i}\n".encode()) for i in range(20)}
     h = guest(files=files)
-    s = gf.GuestfsSession(
+    s = GuestfsSession(
         [{"path": "/img/a.qcow2", "format": "qcow2"}, {"path": "/img/b.img", "format": "raw"}],
         force_tcg=True,
         handle_factory=lambda: h,
     )
-    result = gf.read_guest(s, paths=list(files), list_dirs=["/etc"], mounts={"/dev/sda1": "/"})
+    result = read.read_guest(s, paths=list(files), list_dirs=["/etc"], mounts={"/dev/sda1": "/"})
     assert h.launches == 1
     assert result["appliance"]["launches"] == 1
     assert h.drives == [
@@ -176,10 +181,10 @@ def test_one_launch_for_many_paths_readonly_no_network():
 def test_force_tcg_keeps_existing_settings_and_is_not_added_when_off():
     h = guest()
     h.settings = ["appliance.debug"]
-    gf.read_guest(session(h, force_tcg=True), mounts={"/dev/sda1": "/"})
+    read.read_guest(session(h, force_tcg=True), mounts={"/dev/sda1": "/"})
     assert h.settings == ["appliance.debug", "force_tcg"]
     h2 = guest()
-    gf.read_guest(session(h2, force_tcg=False), mounts={"/dev/sda1": "/"})
+    read.read_guest(session(h2, force_tcg=False), mounts={"/dev/sda1": "/"})
     assert h2.settings == []
 
 
@@ -187,18 +192,18 @@ def test_no_guest_program_is_ever_run():
     h = guest(files={"/etc/hosts": reg(b"x")})
     # a fake without command/sh: any such call would raise AttributeError
     assert not hasattr(h, "command") and not hasattr(h, "sh")
-    gf.read_guest(session(h), paths=["/etc/hosts"], list_dirs=["/etc"])
+    read.read_guest(session(h), paths=["/etc/hosts"], list_dirs=["/etc"])
 
 
 def test_launch_failure_names_libguestfs_message_and_force_tcg_hint():
     h = guest(launch_error="qemu: failed to set MSR 0x10a")
     with pytest.raises(GuestfsError) as exc:
-        gf.read_guest(session(h, force_tcg=False), paths=["/etc/hosts"])
+        read.read_guest(session(h, force_tcg=False), paths=["/etc/hosts"])
     assert "failed to set MSR 0x10a" in exc.value.message
     assert "force_tcg: yes" in exc.value.message
     h2 = guest(launch_error="supermin: failed to find a suitable kernel")
     with pytest.raises(GuestfsError) as exc2:
-        gf.read_guest(session(h2, force_tcg=True), paths=["/etc/hosts"])
+        read.read_guest(session(h2, force_tcg=True), paths=["/etc/hosts"])
     assert "libguestfs-test-tool" in exc2.value.message and "suitable kernel" in exc2.value.message
 
 
@@ -208,7 +213,7 @@ def test_launch_failure_names_libguestfs_message_and_force_tcg_hint():
 def test_text_file_metadata_and_owner_names():
     data = b"127.0.0.1 localhost\n"
     h = guest(files={"/etc/hosts": reg(data, 0o640, 1000, 50)})
-    f = gf.read_guest(session(h), paths=["/etc/hosts"])["files"]["/etc/hosts"]
+    f = read.read_guest(session(h), paths=["/etc/hosts"])["files"]["/etc/hosts"]
     assert f == {
         "exists": True,
         "size": len(data),
@@ -225,14 +230,14 @@ def test_text_file_metadata_and_owner_names():
 
 def test_unknown_uid_is_reported_as_number():
     h = FakeGuestFS(files={"/x": reg(b"a", uid=4242, gid=7)})
-    f = gf.read_guest(session(h), paths=["/x"])["files"]["/x"]
+    f = read.read_guest(session(h), paths=["/x"])["files"]["/x"]
     assert (f["owner"], f["group"]) == ("4242", "7")
 
 
 def test_binary_file_is_base64():
     data = bytes(range(256))
     h = guest(files={"/bin/blob": reg(data, 0o755)})
-    f = gf.read_guest(session(h), paths=["/bin/blob"])["files"]["/bin/blob"]
+    f = read.read_guest(session(h), paths=["/bin/blob"])["files"]["/bin/blob"]
     assert "content" not in f
     assert base64.b64decode(f["content_b64"]) == data
     assert f["sha256"] == hashlib.sha256(data).hexdigest()
@@ -241,7 +246,7 @@ def test_binary_file_is_base64():
 
 def test_missing_path_is_not_a_failure_by_default():
     h = guest(files={"/etc/hosts": reg(b"x")})
-    r = gf.read_guest(session(h), paths=["/etc/hosts", "/etc/nope"])
+    r = read.read_guest(session(h), paths=["/etc/hosts", "/etc/nope"])
     assert r["files"]["/etc/nope"] == {"exists": False}
     assert r["files"]["/etc/hosts"]["exists"] is True
 
@@ -249,7 +254,7 @@ def test_missing_path_is_not_a_failure_by_default():
 def test_missing_path_fails_with_fail_missing_but_others_are_read():
     h = guest(files={"/etc/hosts": reg(b"x")})
     with pytest.raises(GuestfsError) as exc:
-        gf.read_guest(session(h), paths=["/etc/nope", "/etc/hosts"], fail_missing=True)
+        read.read_guest(session(h), paths=["/etc/nope", "/etc/hosts"], fail_missing=True)
     assert "/etc/nope does not exist" in exc.value.message
     files = exc.value.details["files"]
     assert files["/etc/hosts"]["content"] == "x"
@@ -260,7 +265,7 @@ def test_oversized_file_is_an_error_never_truncated():
     big = b"a" * 2000
     h = guest(files={"/var/big": reg(big), "/etc/hosts": reg(b"small")})
     with pytest.raises(GuestfsError) as exc:
-        gf.read_guest(session(h), paths=["/var/big", "/etc/hosts"], max_size=1000)
+        read.read_guest(session(h), paths=["/var/big", "/etc/hosts"], max_size=1000)
     entry = exc.value.details["files"]["/var/big"]
     assert "content" not in entry and "content_b64" not in entry
     assert entry["size"] == 2000 and entry["exists"] is True
@@ -273,38 +278,38 @@ def test_oversized_file_is_an_error_never_truncated():
 def test_large_file_is_read_in_chunks_whole():
     data = bytes(range(256)) * 9000  # 2.2 MiB: three 1 MiB preads
     h = guest(files={"/var/big.bin": reg(data)})
-    f = gf.read_guest(session(h), paths=["/var/big.bin"], max_size=4 << 20)["files"]["/var/big.bin"]
+    f = read.read_guest(session(h), paths=["/var/big.bin"], max_size=4 << 20)["files"]["/var/big.bin"]
     assert base64.b64decode(f["content_b64"]) == data
     assert h.calls.count(("pread", "/var/big.bin")) == 3
 
 
 def test_file_exactly_max_size_is_read():
     h = guest(files={"/f": reg(b"a" * 1000)})
-    assert gf.read_guest(session(h), paths=["/f"], max_size=1000)["files"]["/f"]["size"] == 1000
+    assert read.read_guest(session(h), paths=["/f"], max_size=1000)["files"]["/f"]["size"] == 1000
 
 
 def test_directory_in_paths_is_an_error_that_points_to_list_dirs():
     h = guest()
     with pytest.raises(GuestfsError) as exc:
-        gf.read_guest(session(h), paths=["/etc"])
+        read.read_guest(session(h), paths=["/etc"])
     assert "list_dirs" in exc.value.details["files"]["/etc"]["error"]
 
 
 def test_missing_directory_listing_is_null_with_warning_or_fails():
     h = guest()
-    r = gf.read_guest(session(h), list_dirs=["/nope", "/etc"])
+    r = read.read_guest(session(h), list_dirs=["/nope", "/etc"])
     assert r["dirs"]["/nope"] is None
     assert r["dirs"]["/etc"] == ["group", "passwd"]
     assert any("/nope" in w for w in r["warnings_list"])
     with pytest.raises(GuestfsError):
-        gf.read_guest(session(guest()), list_dirs=["/nope"], fail_missing=True)
+        read.read_guest(session(guest()), list_dirs=["/nope"], fail_missing=True)
 
 
 @pytest.mark.parametrize("bad", ["etc/hosts", "", "./x"])
 def test_relative_guest_path_is_refused_before_launch(bad):
     h = guest()
     with pytest.raises(InvalidInput) as exc:
-        gf.read_guest(session(h), paths=[bad])
+        read.read_guest(session(h), paths=[bad])
     assert "not an absolute path" in exc.value.message
     assert h.launches == 0
 
@@ -314,7 +319,7 @@ def test_relative_guest_path_is_refused_before_launch(bad):
 
 def test_explicit_mounts_skip_inspection_and_mount_shortest_first():
     h = guest(filesystems={"/dev/sda1": "ext4", "/dev/sda2": "ext4", "/dev/sda3": "vfat"})
-    r = gf.read_guest(session(h), mounts={"/dev/sda3": "/boot/efi", "/dev/sda2": "/boot", "/dev/sda1": "/"})
+    r = read.read_guest(session(h), mounts={"/dev/sda3": "/boot/efi", "/dev/sda2": "/boot", "/dev/sda1": "/"})
     assert "inspect_os" not in h.calls
     assert h.mounted == [("/dev/sda1", "/"), ("/dev/sda2", "/boot"), ("/dev/sda3", "/boot/efi")]
     assert r["inspection"] is None
@@ -323,7 +328,7 @@ def test_explicit_mounts_skip_inspection_and_mount_shortest_first():
 def test_explicit_mount_of_unknown_device_lists_filesystems():
     h = guest()
     with pytest.raises(GuestfsError) as exc:
-        gf.read_guest(session(h), mounts={"/dev/vda1": "/"})
+        read.read_guest(session(h), mounts={"/dev/vda1": "/"})
     assert "/dev/vda1" in exc.value.message and "/dev/sda1 (ext4)" in exc.value.message
 
 
@@ -333,7 +338,7 @@ def test_inspection_findings_and_mount_order():
         roots=["/dev/sda2"],
         mountpoints={"/boot": "/dev/sda1", "/": "/dev/sda2"},
     )
-    r = gf.read_guest(session(h))
+    r = read.read_guest(session(h))
     assert h.mounted == [("/dev/sda2", "/"), ("/dev/sda1", "/boot")]
     assert r["inspection"] == {
         "method": "inspection",
@@ -349,7 +354,7 @@ def test_inspection_findings_and_mount_order():
 
 def test_no_os_but_one_filesystem_is_mounted_at_root():
     h = guest(filesystems={"/dev/sda1": "ext4", "/dev/sda2": "swap"})
-    r = gf.read_guest(session(h))
+    r = read.read_guest(session(h))
     assert h.mounted == [("/dev/sda1", "/")]
     assert r["inspection"]["method"] == "single-filesystem"
     assert r["inspection"]["mountpoints"] == {"/": "/dev/sda1"}
@@ -359,7 +364,7 @@ def test_no_os_but_one_filesystem_is_mounted_at_root():
 def test_no_os_found_error_says_how_to_fix(fss):
     h = guest(filesystems=fss)
     with pytest.raises(GuestfsError) as exc:
-        gf.read_guest(session(h), paths=["/etc/hosts"])
+        read.read_guest(session(h), paths=["/etc/hosts"])
     assert "No operating system found" in exc.value.message
     assert "mounts option" in exc.value.message
 
@@ -381,7 +386,7 @@ def qcow2(tmp_path):
 
 def test_resolve_drives_detects_formats(qcow2):
     top, base = qcow2
-    assert gf.resolve_drives([str(top), {"path": str(base)}]) == [
+    assert drives.resolve_drives([str(top), {"path": str(base)}]) == [
         {"path": str(top), "format": "qcow2"},
         {"path": str(base), "format": "raw"},
     ]
@@ -390,26 +395,24 @@ def test_resolve_drives_detects_formats(qcow2):
 def test_resolve_drives_missing_disk_and_missing_backing_file(qcow2, tmp_path):
     top, base = qcow2
     with pytest.raises(StorageError) as exc:
-        gf.resolve_drives([str(tmp_path / "nope.qcow2")])
+        drives.resolve_drives([str(tmp_path / "nope.qcow2")])
     assert "does not exist" in exc.value.message
     base.unlink()
     with pytest.raises(StorageError) as exc2:
-        gf.resolve_drives([str(top)])
+        drives.resolve_drives([str(top)])
     assert str(base) in exc2.value.message and "backing chain" in exc2.value.message
 
 
 def test_resolve_drives_unknown_format_and_relative_path(qcow2):
     top = qcow2[0]
     with pytest.raises(InvalidInput) as exc:
-        gf.resolve_drives([{"path": str(top), "format": "qcow3"}])
+        drives.resolve_drives([{"path": str(top), "format": "qcow3"}])
     assert "Unknown disk image format 'qcow3'" in exc.value.message and "qcow2" in exc.value.hint
     with pytest.raises(InvalidInput):
-        gf.resolve_drives(["images/a.qcow2"])
+        drives.resolve_drives(["images/a.qcow2"])
 
 
 def test_domain_drives_skip_cdrom_and_network():
-    from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-
     root = dx.parse(
         """<domain type='qemu'><name>g1</name><devices>
         <disk type='file' device='cdrom'><source file='/iso/x.iso'/><target dev='sdc'/></disk>
@@ -417,8 +420,8 @@ def test_domain_drives_skip_cdrom_and_network():
         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/dev/null'/>
         <target dev='vda'/></disk></devices></domain>"""
     )
-    drives, skipped = gf.domain_drives(root)
-    assert drives == [{"path": "/dev/null", "format": "raw", "target": "vda"}]
+    found, skipped = drives.domain_drives(root)
+    assert found == [{"path": "/dev/null", "format": "raw", "target": "vda"}]
     assert len(skipped) == 2 and any("cdrom" in s for s in skipped)
 
 
@@ -426,23 +429,23 @@ def test_domain_drives_skip_cdrom_and_network():
 
 
 def test_decide_force_tcg():
-    assert gf.decide_force_tcg("auto", lambda: (False, "no vmx"))[0] is True
-    assert "no vmx" in gf.decide_force_tcg("auto", lambda: (False, "no vmx"))[1]
-    assert gf.decide_force_tcg("auto", lambda: (True, "ok"))[0] is False
-    assert gf.decide_force_tcg("yes", lambda: pytest.fail("not asked"))[0] is True
-    assert gf.decide_force_tcg("no", lambda: pytest.fail("not asked"))[0] is False
+    assert drives.decide_force_tcg("auto", lambda: (False, "no vmx"))[0] is True
+    assert "no vmx" in drives.decide_force_tcg("auto", lambda: (False, "no vmx"))[1]
+    assert drives.decide_force_tcg("auto", lambda: (True, "ok"))[0] is False
+    assert drives.decide_force_tcg("yes", lambda: pytest.fail("not asked"))[0] is True
+    assert drives.decide_force_tcg("no", lambda: pytest.fail("not asked"))[0] is False
 
 
 def test_backend_env_merges_user_settings():
-    assert gf.backend_env(True, {}) == {"LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
-    assert gf.backend_env(True, {"LIBGUESTFS_BACKEND_SETTINGS": "a:force_tcg"}) == {
+    assert drives.backend_env(True, {}) == {"LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
+    assert drives.backend_env(True, {"LIBGUESTFS_BACKEND_SETTINGS": "a:force_tcg"}) == {
         "LIBGUESTFS_BACKEND_SETTINGS": "a:force_tcg"
     }
-    assert gf.backend_env(False, {}) == {}
+    assert drives.backend_env(False, {}) == {}
 
 
 def test_kvm_usable_uses_host_verdict():
-    usable, reason = gf.kvm_usable()
+    usable, reason = drives.kvm_usable()
     assert isinstance(usable, bool) and reason
 
 
@@ -451,24 +454,24 @@ def test_kvm_usable_uses_host_verdict():
 
 def test_write_dest_only_when_different_and_not_in_check_mode(tmp_path):
     dest = str(tmp_path / "out")
-    target, changed = gf.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=True)
+    target, changed = read.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=True)
     assert changed and not os.path.exists(target)
-    target, changed = gf.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=False)
+    target, changed = read.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=False)
     assert changed and target == os.path.join(dest, "etc/hosts")
     assert open(target, "rb").read() == b"one"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o755  # no setuid on the copy
-    assert gf.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=False) == (target, False)
-    assert gf.write_dest(dest, "/etc/hosts", b"two", "4755", check_mode=True) == (target, True)
+    assert read.write_dest(dest, "/etc/hosts", b"one", "4755", check_mode=False) == (target, False)
+    assert read.write_dest(dest, "/etc/hosts", b"two", "4755", check_mode=True) == (target, True)
     assert open(target, "rb").read() == b"one"
 
 
 def test_read_guest_with_dest_reports_change_and_diff(tmp_path):
     h = guest(files={"/etc/hosts": reg(b"x")})
-    r = gf.read_guest(session(h), paths=["/etc/hosts", "/nope"], dest=str(tmp_path))
+    r = read.read_guest(session(h), paths=["/etc/hosts", "/nope"], dest=str(tmp_path))
     assert r["changed"] is True
     assert r["files"]["/etc/hosts"]["dest"] == str(tmp_path / "etc/hosts")
     assert r["diff"]["after"]["dest_files"] == [str(tmp_path / "etc/hosts")]
-    r2 = gf.read_guest(session(guest(files={"/etc/hosts": reg(b"x")})), paths=["/etc/hosts"], dest=str(tmp_path))
+    r2 = read.read_guest(session(guest(files={"/etc/hosts": reg(b"x")})), paths=["/etc/hosts"], dest=str(tmp_path))
     assert r2["changed"] is False
 
 
@@ -485,11 +488,11 @@ MOUNTINFO = """\
 def test_mount_entry_and_guestmount_detection(tmp_path):
     mi = tmp_path / "mountinfo"
     mi.write_text(MOUNTINFO)
-    entry = gf.mount_entry("/srv/my root", str(mi))
+    entry = mount.mount_entry("/srv/my root", str(mi))
     assert entry == {"fstype": "fuse", "source": "/dev/fuse"}
-    assert gf.is_guestmount(entry)
-    assert not gf.is_guestmount(gf.mount_entry("/mnt", str(mi)))
-    assert gf.mount_entry("/srv/other", str(mi)) is None
+    assert mount.is_guestmount(entry)
+    assert not mount.is_guestmount(mount.mount_entry("/mnt", str(mi)))
+    assert mount.mount_entry("/srv/other", str(mi)) is None
 
 
 class FakeRunner:
@@ -503,20 +506,20 @@ class FakeRunner:
 
 
 def test_guestmount_argv_readonly_nonempty_pidfile(tmp_path):
-    gm = gf.GuestMount(FakeRunner([]), str(tmp_path / "mp"), pid_dir=str(tmp_path / "run"))
-    drives = [{"path": "/img/a.qcow2", "format": "qcow2"}]
-    assert gm.argv(drives, None) == [
+    gm = mount.GuestMount(FakeRunner([]), str(tmp_path / "mp"), pid_dir=str(tmp_path / "run"))
+    disks = [{"path": "/img/a.qcow2", "format": "qcow2"}]
+    assert gm.argv(disks, None) == [
         "guestmount", "--ro", "-o", "nonempty", "--pid-file", gm.pid_file,
         "--format=qcow2", "-a", "/img/a.qcow2", "-i", str(tmp_path / "mp"),
     ]  # fmt: skip
-    argv = gm.argv(drives, {"/dev/sda2": "/boot", "/dev/sda1": "/"})
+    argv = gm.argv(disks, {"/dev/sda2": "/boot", "/dev/sda1": "/"})
     assert argv[-5:] == ["-m", "/dev/sda1:/", "-m", "/dev/sda2:/boot", str(tmp_path / "mp")]
     assert "--rw" not in argv and "-w" not in argv
 
 
 def test_guestmount_falls_back_to_single_filesystem(tmp_path):
     runner = FakeRunner([(1, "", "guestmount: no operating system was found on this disk"), (0, "", "")])
-    gm = gf.GuestMount(runner, str(tmp_path / "mp"), pid_dir=str(tmp_path / "run"))
+    gm = mount.GuestMount(runner, str(tmp_path / "mp"), pid_dir=str(tmp_path / "run"))
     done = gm.mount([{"path": "/img/a", "format": "raw"}], None, {"X": "1"}, lambda: {"/dev/sda1": "/"})
     assert "-i" in runner.calls[0][0]
     assert runner.calls[1][0][-3:] == ["-m", "/dev/sda1:/", str(tmp_path / "mp")]
@@ -526,7 +529,7 @@ def test_guestmount_falls_back_to_single_filesystem(tmp_path):
 
 
 def test_guestmount_failure_message(tmp_path):
-    gm = gf.GuestMount(FakeRunner([(1, "", "fuse: device not found")]), str(tmp_path / "mp"), str(tmp_path / "r"))
+    gm = mount.GuestMount(FakeRunner([(1, "", "fuse: device not found")]), str(tmp_path / "mp"), str(tmp_path / "r"))
     with pytest.raises(GuestfsError) as exc:
         gm.mount([{"path": "/img/a", "format": "raw"}], {"/dev/sda1": "/"}, {}, lambda: pytest.fail("no"))
     assert "fuse: device not found" in exc.value.message and "force_tcg" in exc.value.message
@@ -545,7 +548,7 @@ def test_unmount_waits_for_guestmount_process_to_exit(tmp_path):
                 return result
 
         runner = Runner([(0, "", "")])
-        gm = gf.GuestMount(runner, str(tmp_path / "mp"), pid_dir=str(pid_dir))
+        gm = mount.GuestMount(runner, str(tmp_path / "mp"), pid_dir=str(pid_dir))
         with open(gm.pid_file, "w") as f:
             f.write(f"{child.pid}\n")
         polls = []
@@ -562,7 +565,7 @@ def test_unmount_waits_for_guestmount_process_to_exit(tmp_path):
 def test_unmount_times_out_when_guestmount_does_not_exit(tmp_path):
     child = subprocess.Popen(["sleep", "60"])
     try:
-        gm = gf.GuestMount(FakeRunner([(0, "", "")]), str(tmp_path / "mp"), pid_dir=str(tmp_path))
+        gm = mount.GuestMount(FakeRunner([(0, "", "")]), str(tmp_path / "mp"), pid_dir=str(tmp_path))
         with open(gm.pid_file, "w") as f:
             f.write(str(child.pid))
         now = [0.0]
@@ -579,12 +582,18 @@ def test_unmount_times_out_when_guestmount_does_not_exit(tmp_path):
 # --------------------------------------------------------------------------- the manager (libvirt test driver)
 
 
+# the managers' own (lazy) connections, closed by the testconn fixture
+_OPENED: list[Connection] = []
+
+
 @pytest.fixture
 def testconn():
     libvirt = pytest.importorskip("libvirt")
     conn = libvirt.open("test:///default")
     created = []
     yield conn, created
+    while _OPENED:
+        _OPENED.pop().close()
     for dom in created:
         with contextlib.suppress(libvirt.libvirtError):
             if dom.isActive():
@@ -605,13 +614,12 @@ def define(conn, created, name, disk, running):
     return dom
 
 
-def manager(conn, params, handle, check_mode=False):
-    @contextlib.contextmanager
-    def connect(uri):
-        yield conn
-
-    p = {"state": "read", "force_tcg": "no", "uri": "test:///default", **params}
-    return gf.GuestfsManager(p, check_mode, connect=connect, runner=FakeRunner([]), handle_factory=lambda: handle)
+def manager(conn, params, handle, check_mode=False, uri=None):
+    """A manager on its own lazy connection to ``conn``'s URI (test:///default shares its state)."""
+    connection = Connection(uri or conn.getURI())
+    _OPENED.append(connection)
+    p = {"state": "read", "force_tcg": "no", **params}
+    return GuestfsManager(p, connection, check_mode, runner=FakeRunner([]), handle_factory=lambda: handle)
 
 
 def test_manager_reads_domain_disks(testconn, qcow2):
@@ -647,8 +655,6 @@ def test_manager_refuses_running_domain_unless_allowed(testconn, qcow2):
 
 def test_manager_unknown_domain(testconn):
     conn = testconn[0]
-    from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound
-
     with pytest.raises(DomainNotFound):
         manager(conn, dict(domain="vt-gfs-nope"), guest()).run()
 
@@ -670,7 +676,7 @@ def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path,
     assert r["changed"] is True and r["mounted"] is True and runner.calls == []
     assert not mp.exists()
     # something that is not a guestmount on the mount point is refused, for both states
-    monkeypatch.setattr(gf.GuestMount, "entry", lambda self: {"fstype": "tmpfs", "source": "tmpfs"})
+    monkeypatch.setattr(mount.GuestMount, "entry", lambda self: {"fstype": "tmpfs", "source": "tmpfs"})
     with pytest.raises(Conflict):
         manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest()).run()
     with pytest.raises(Conflict):
@@ -680,9 +686,75 @@ def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path,
 def test_manager_mounted_again_is_unchanged_and_other_disks_conflict(testconn, qcow2, tmp_path, monkeypatch):
     conn = testconn[0]
     top, base = qcow2
-    monkeypatch.setattr(gf.GuestMount, "entry", lambda self: {"fstype": "fuse", "source": "/dev/fuse"})
-    monkeypatch.setattr(gf.GuestMount, "mounted_images", lambda self: [str(top)])
+    monkeypatch.setattr(mount.GuestMount, "entry", lambda self: {"fstype": "fuse", "source": "/dev/fuse"})
+    monkeypatch.setattr(mount.GuestMount, "mounted_images", lambda self: [str(top)])
     r = manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(tmp_path)), guest()).run()
     assert r["changed"] is False and r["mounted"] is True
     with pytest.raises(Conflict):
         manager(conn, dict(disks=[str(base)], state="mounted", mount_point=str(tmp_path)), guest()).run()
+
+
+def test_manager_refuses_only_writers_not_readers_or_backing_users(testconn, qcow2):
+    """running_users keeps the active, writable, own-disk users of the one HostScan."""
+    conn, created = testconn
+    top, base = qcow2
+    define(conn, created, "vt-gfs-overlay", top, running=True)  # runs on top, which base backs
+    ro = conn.defineXML(
+        f"""<domain type='test'><name>vt-gfs-ro</name><memory>65536</memory><os><type>hvm</type></os>
+        <devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{base}'/>
+        <target dev='vdb' bus='virtio'/><readonly/></disk></devices></domain>"""
+    )
+    created.append(ro)
+    ro.create()
+    m = manager(conn, dict(disks=[str(base)], paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}), guest())
+    assert m.run()["files"]["/etc/hosts"]["exists"] is False
+    assert not any("inconsistent" in w for w in m.warnings)
+
+
+def test_manager_reads_disks_when_the_daemon_is_not_running(qcow2):
+    """The lazy connection fails on first use; with disks that is a warning and the images are still read."""
+    pytest.importorskip("libvirt")
+    top = qcow2[0]
+    h = guest(files={"/etc/hosts": reg(b"hi")})
+    connection = Connection("qemu:///system?socket=/nonexistent/virtops-test.sock")
+    m = GuestfsManager(
+        dict(disks=[str(top)], paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}, force_tcg="no"),
+        connection,
+        handle_factory=lambda: h,
+    )
+    r = m.run()
+    assert r["files"]["/etc/hosts"]["content"] == "hi"
+    assert any("is not running" in w and "virtops-test.sock" in w for w in m.warnings)
+    assert h.launches == 1
+
+
+def test_manager_session_warnings_survive_a_failed_read(testconn, qcow2):
+    conn = testconn[0]
+    top = qcow2[0]
+    h = guest()
+
+    def shutdown():
+        raise RuntimeError("appliance closed early")
+
+    h.shutdown = shutdown
+    m = manager(conn, dict(disks=[str(top)], paths=["/nope"], fail_missing=True, mounts={"/dev/sda1": "/"}), h)
+    with pytest.raises(GuestfsError):
+        m.run()
+    assert m.warnings == ["libguestfs shutdown reported: appliance closed early"]
+
+
+def test_manager_spec_defaults_and_needs(testconn, qcow2):
+    conn = testconn[0]
+    top = qcow2[0]
+    assert GuestfsManager.needs({"state": "unmounted"}) == ()
+    assert set(GuestfsManager.needs({"state": "read"})) == {"guestfs", "libvirt", "lxml"}
+    kwargs = GuestfsManager.module_kwargs()
+    assert kwargs["argument_spec"]["max_size"]["default"] == read.DEFAULT_MAX_SIZE
+    assert "uri" in kwargs["argument_spec"] and kwargs["mutually_exclusive"] == [("domain", "disks")]
+    # options not given come from the spec; max_size given reaches the read run
+    h = guest(files={"/f": reg(b"a" * 11)})
+    m = manager(conn, dict(disks=[str(top)], paths=["/f"], max_size=10, mounts={"/dev/sda1": "/"}), h)
+    assert m.p["unmount_timeout"] == 120 and m.p["state"] == "read"
+    with pytest.raises(GuestfsError) as exc:
+        m.run()
+    assert "max_size 10" in exc.value.details["files"]["/f"]["error"]
