@@ -65,6 +65,42 @@ fi
 .venv/bin/python -c 'import guestfs, libvirt, lxml' \
   || { echo "setup: the venv cannot import guestfs/libvirt/lxml" >&2; exit 1; }
 
+# ---- target Pythons ----------------------------------------------------------
+# Managed hosts may run any Python the collection promises (tests/config.yml:
+# 3.9 on EL 9 up to 3.13). The unit tests and ansible-test's compile/import
+# sanity run on each: one venv per interpreter in .venv-targets/<version>
+# (this machine's own 3.11 is .venv), and .venv-targets/bin/pythonX.Y links
+# for ansible-test. Interpreters are found under pyenv (this machine kind
+# carries them) or on PATH; a missing one is reported here and fails the test
+# command in CI.
+read -r -a targets < scripts/target-pythons
+mkdir -p .venv-targets/bin
+for v in "${targets[@]}"; do
+  [ "$v" = "$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ] && continue
+  py=""
+  for cand in $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$v".*/bin/python"$v" 2>/dev/null | sort -V -r) \
+              "$(command -v "python$v" || true)"; do
+    [ -n "$cand" ] && [ -x "$cand" ] || continue
+    if [ "$("$cand" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)" = "$v" ]; then
+      py=$cand; break
+    fi
+  done
+  if [ -z "$py" ]; then
+    say "no Python $v found (pyenv or PATH): its unit tests cannot run here"
+    continue
+  fi
+  ln -sfn "$py" ".venv-targets/bin/python$v"
+  venv=.venv-targets/$v
+  want=$( (cat requirements-targets.txt; echo "$py") | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    say "creating $venv from $py"
+    rm -rf "$venv"
+    "$py" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r requirements-targets.txt
+    echo "$want" > "$venv/.requirements.sha256"
+  fi
+done
+
 # ---- the collection as Ansible sees it ------------------------------------
 # ansible.cfg points collections_path at .collections; link this checkout in as virtops.kvm.
 mkdir -p .collections/ansible_collections/virtops

@@ -9,7 +9,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 [ -x .venv/bin/python ] || { echo "test: run scripts/setup.sh first" >&2; exit 1; }
-export PATH="$here/.venv/bin:$PATH"
+# .venv-targets/bin: the other target Pythons (setup.sh links them), for ansible-test
+export PATH="$here/.venv/bin:$here/.venv-targets/bin:$PATH"
 export ANSIBLE_CONFIG="$here/ansible.cfg"
 export LIBVIRT_DEFAULT_URI=${LIBVIRT_DEFAULT_URI:-qemu:///system}
 
@@ -27,9 +28,31 @@ stage_lint() {
   ansible-lint --profile production roles playbooks
 }
 
+# Every Python the collection promises for managed hosts (scripts/target-pythons).
+read -r -a TARGETS < scripts/target-pythons
+OWN=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+missing_target() {
+  # CI must prove every promised Python; a developer machine without one is told so.
+  if [ -n "${CI:-}" ]; then
+    echo "test: Python $1 is not set up (scripts/setup.sh found no interpreter for it)" >&2
+    return 1
+  fi
+  printf 'test: WARNING: Python %s not set up here; its %s were not run\n' "$1" "$2" >&2
+}
+
 stage_unit() {
-  banner "unit tests (pytest, libvirt test:///default, no daemon)"
+  banner "unit tests on Python $OWN (pytest, libvirt test:///default, no daemon)"
   pytest -q -p no:cacheprovider tests/unit
+  local v
+  for v in "${TARGETS[@]}"; do
+    [ "$v" = "$OWN" ] && continue
+    if [ ! -x ".venv-targets/$v/bin/python" ]; then
+      missing_target "$v" "unit tests"
+      continue
+    fi
+    banner "unit tests on Python $v"
+    ".venv-targets/$v/bin/python" -m pytest -q -p no:cacheprovider tests/unit
+  done
 }
 
 # extra ansible-test sanity arguments, e.g. SANITY_ARGS="--test pylint"
@@ -43,9 +66,24 @@ stage_sanity() {
   # The collection's content as git would ship it (tracked plus untracked-but-not-ignored),
   # without the developer tooling that galaxy.yml's build_ignore also leaves out
   # (scripts/, bench/, .ci/: plain Python/bash programs, linted by ruff instead).
+  # (files deleted in the work tree but not yet in git are left out)
   git ls-files -co --exclude-standard -z -- . ':!scripts' ':!bench' ':!.ci' \
+    | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done \
     | xargs -0 cp --parents -t "$tmp/ansible_collections/virtops/kvm"
-  (cd "$tmp/ansible_collections/virtops/kvm" && ansible-test sanity --venv --python 3.11 --color no "${SANITY_ARGS[@]}")
+  (cd "$tmp/ansible_collections/virtops/kvm" && ansible-test sanity --venv --python "$OWN" --color no "${SANITY_ARGS[@]}")
+  # The tests that depend on the interpreter (does it compile, does it import),
+  # on every other promised Python.
+  local v
+  for v in "${TARGETS[@]}"; do
+    [ "$v" = "$OWN" ] && continue
+    if ! command -v "python$v" >/dev/null; then
+      missing_target "$v" "compile/import sanity tests"
+      continue
+    fi
+    banner "ansible-test sanity compile + import on Python $v"
+    (cd "$tmp/ansible_collections/virtops/kvm" \
+      && ansible-test sanity --venv --python "$v" --color no --test compile --test import "${SANITY_ARGS[@]}")
+  done
 }
 
 stage_integration() {
