@@ -1,6 +1,6 @@
 """Helpers for tests and bench scripts that need a real, tiny, bootable guest.
 
-The guest comes from ``scripts/build_test_guest.py`` (host kernel + busybox
+The guest comes from ``playbooks/files/build_test_guest.py`` (host kernel + busybox
 initramfs, cached under /var/lib/libvirt/images/virtops-testguest). Every test
 gets a random name prefix (``vt-xxxxxxxx``) for its domains and a scratch
 directory under /var/lib/libvirt/images/virtops-test/<prefix>, so helpers that
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILDER = ROOT / "scripts" / "build_test_guest.py"
+BUILDER = ROOT / "playbooks" / "files" / "build_test_guest.py"
 GUEST_DEST = Path(os.environ.get("VIRTOPS_TESTGUEST_DEST", "/var/lib/libvirt/images/virtops-testguest"))
 SCRATCH_ROOT = Path("/var/lib/libvirt/images/virtops-test")
 MARKER = "VIRTOPS-GUEST-UP"

@@ -3,7 +3,7 @@
 Fixtures (names are stable; other test files rely on them):
 
 ``guest`` (session)
-    The test guest built by ``scripts/build_test_guest.py`` (cached): a dict with
+    The test guest built by ``playbooks/files/build_test_guest.py`` (cached): a dict with
     ``dir``, ``kernel``, ``initrd``, ``base`` (bootable qcow2, never written by tests:
     boot overlays of it), ``template`` / ``kernel_template`` (domain XML), ``hostname``
     (``virtops-base``), ``marker``, ``boot_log``, ``cmdline``, ``built``, ...
