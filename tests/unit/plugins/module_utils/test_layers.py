@@ -1,0 +1,129 @@
+"""The walls of plugins/module_utils (docs/development.md, "Map of the code"), read from the imports.
+
+Each rule here is one a refactoring could break without any behaviour test
+noticing: an import cycle, a pure file that starts talking to libvirt, a
+feature package that reaches into another one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[4]
+MU = ROOT / "plugins" / "module_utils"
+PREFIX = "ansible_collections.virtops.kvm.plugins."
+
+# Each unit (a top-level file or a package) and the units it may import. Lower layers first.
+ALLOWED = {
+    "_errors": set(),
+    "_deps": set(),
+    "_connection": {"_deps", "_errors"},
+    "_manager": {"_deps", "_errors", "_connection"},
+    "_domain_xml": {"_deps", "_errors"},
+    "_xml_compare": {"_deps", "_domain_xml"},
+    "_storage": {"_errors"},
+    "_scan": {"_deps", "_errors", "_connection", "_domain_xml", "_storage"},
+    "_host": {"_deps", "_errors", "_connection", "_manager"},
+    "_domain": {
+        "_deps",
+        "_errors",
+        "_connection",
+        "_manager",
+        "_domain_xml",
+        "_xml_compare",
+        "_storage",
+        "_scan",
+        "_host",
+    },
+    "_clone": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan", "_host"},
+    "_guestfs": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan", "_host"},
+}
+# Feature packages may use the host package only for its hardware verdict.
+HOST_PUBLIC = {"_host.probe"}
+# Files over this many lines hold more than one concept (the issue says ~400).
+MAX_LINES = 420
+
+
+def _files() -> list[Path]:
+    return sorted(p for p in MU.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _unit(path: Path) -> str:
+    return path.relative_to(MU).parts[0].removesuffix(".py")
+
+
+def _dotted(path: Path) -> str:
+    rel = path.relative_to(MU).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[str]:
+    """Collection imports of one file as 'module_utils.<dotted>' or 'modules.<name>'."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PREFIX):
+            base = node.module[len(PREFIX) :]
+            # "from ...module_utils import _deps" imports the file _deps
+            names = [base] if base != "module_utils" else [f"module_utils.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name[len(PREFIX) :] for a in node.names if a.name.startswith(PREFIX)]
+        out.extend(names)
+    return out
+
+
+def test_every_unit_is_known():
+    units = {_unit(p) for p in _files() if p.name != "__init__.py" or p.parent != MU}
+    units.discard("__init__")
+    assert units <= set(ALLOWED), sorted(units - set(ALLOWED))
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: str(p.relative_to(MU)))
+def test_imports_follow_the_layers(path):
+    unit = _unit(path)
+    for imported in _imports(path):
+        assert imported.startswith("module_utils."), f"{path.name} imports a non-module_utils plugin {imported}"
+        dotted = imported[len("module_utils.") :]
+        target = dotted.split(".")[0]
+        if target == unit:
+            continue
+        assert target in ALLOWED[unit], f"{unit} may not import {target} ({path.relative_to(MU)})"
+        if target == "_host" and unit != "_host":
+            assert dotted in HOST_PUBLIC, f"{path.relative_to(MU)} imports {dotted}; use _host.probe only"
+
+
+def test_no_import_cycles():
+    graph: dict[str, set[str]] = {}
+    for path in _files():
+        me = _dotted(path)
+        graph.setdefault(me, set())
+        for imported in _imports(path):
+            graph[me].add(imported[len("module_utils.") :])
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        if state.get(node) == 2:
+            return
+        assert state.get(node) != 1, "import cycle: " + " -> ".join([*trail, node])
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in graph:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        visit(node, [])
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: str(p.relative_to(MU)))
+def test_one_concept_per_file(path):
+    text = path.read_text()
+    lines = text.count("\n")
+    assert lines <= MAX_LINES, f"{path.relative_to(MU)} has {lines} lines; split it along its seams"
+    assert text.startswith("# Private to the virtops.kvm collection"), path
+    doc = ast.get_docstring(ast.parse(text))
+    assert doc and doc.strip(), f"{path.relative_to(MU)} has no docstring saying what it is"
