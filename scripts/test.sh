@@ -32,8 +32,9 @@ stage_lint() {
 read -r -a TARGETS < scripts/target-pythons
 OWN=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 missing_target() {
-  # CI must prove every promised Python; a developer machine without one is told so.
-  if [ -n "${CI:-}" ]; then
+  # .ci/run (on this project's machine kind, which carries them all) must prove every
+  # promised Python; any other machine without one is told so loudly.
+  if [ -n "${VIRTOPS_REQUIRE_ALL_PYTHONS:-}" ]; then
     echo "test: Python $1 is not set up (scripts/setup.sh found no interpreter for it)" >&2
     return 1
   fi
