@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run every test of virtops.kvm: lint, unit, ansible-test sanity, integration
-# against the real qemu:///system daemon, molecule, and the packaging check.
-# Usage: scripts/test.sh [stage ...]   stages: lint unit sanity integration molecule package
+# Run every test of virtops.kvm: lint, the docs linter, unit, ansible-test sanity,
+# integration against the real qemu:///system daemon, molecule, and the packaging check.
+# Usage: scripts/test.sh [stage ...]   stages: lint docs unit sanity integration molecule package
 # (default: all, in that order). Any failing stage fails the run; so does a
 # pytest stage that ran no test (pytest exits 5).
 set -euo pipefail
@@ -15,7 +15,7 @@ export ANSIBLE_CONFIG="$here/ansible.cfg"
 export LIBVIRT_DEFAULT_URI=${LIBVIRT_DEFAULT_URI:-qemu:///system}
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint unit sanity integration molecule package)
+[ ${#stages[@]} -gt 0 ] || stages=(lint docs unit sanity integration molecule package)
 banner() { printf '\n==== %s ====\n' "$*"; }
 
 stage_lint() {
@@ -26,6 +26,13 @@ stage_lint() {
   antsibull-changelog lint
   banner "ansible-lint (production profile)"
   ansible-lint --profile production roles playbooks
+}
+
+stage_docs() {
+  # What the docs site is built from (scripts/build-docs.sh builds the HTML): module and
+  # filter DOCUMENTATION, role argument specs, docs/docsite/, every reference checked.
+  banner "antsibull-docs lint-collection-docs"
+  antsibull-docs lint-collection-docs --plugin-docs --check-extra-docs-refs .
 }
 
 # Every Python the collection promises for managed hosts (scripts/target-pythons).

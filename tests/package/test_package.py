@@ -3,23 +3,42 @@
 """The collection as users get it: build the artefact, install it into an empty
 collections path, and run a playbook from outside the checkout that sees only
 that path. Catches files missing from the build (build_ignore, MANIFEST) and
-anything that works only because the checkout is on a path."""
+anything that works only because the checkout is on a path. Also: the artefact's
+metadata and size, and the execution environment ansible-builder makes from it."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
 import uuid
+from importlib.metadata import version
 from pathlib import Path
+from urllib.parse import urlparse
 
 import libvirt
 import pytest
+import yaml
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# What galaxy.yml's build_ignore (and ansible-galaxy's own rules) keep out of the artefact:
+# environments, caches, developer tooling, test by-products, built artefacts.
+LEAK = re.compile(
+    r"(^|/)(\.venv[^/]*|\.collections|\.git|\.ci|\.cache|\.pytest_cache|\.ruff_cache|\.mypy_cache|__pycache__)(/|$)"
+    r"|^(bench|scripts|tests/output)(/|$)|\.pyc$|\.tar\.gz$"
+    r"|^changelogs/\.plugin-cache\.yaml$|^requirements-(dev|targets)\.txt$"
+)
+# The artefact stays small: sources and docs, nothing generated or binary.
+MAX_ARTEFACT_BYTES = 1024 * 1024
+MAX_UNPACKED_BYTES = 4 * 1024 * 1024
+MAX_FILE_BYTES = 256 * 1024
 
 
 def _galaxy_version() -> str:
@@ -87,7 +106,7 @@ def test_artefact_holds_the_collection_and_nothing_local(installed):
         "meta/runtime.yml",
     ):
         assert wanted in names, f"{wanted} missing from {installed['artefact'].name}"
-    leaked = sorted(n for n in names if n.split("/", 1)[0] in (".venv", ".collections", "tests/output", ".git"))
+    leaked = sorted(n for n in names if LEAK.search(n))
     assert not leaked, leaked
     manifest = json.loads(tarfile.open(installed["artefact"]).extractfile("MANIFEST.json").read())
     assert manifest["collection_info"]["namespace"] == "virtops"
@@ -100,6 +119,147 @@ def test_installed_collection_is_the_only_one_ansible_sees(installed):
     found = json.loads(proc.stdout)
     assert list(found) == [str(installed["collections"] / "ansible_collections")], found
     assert found[str(installed["collections"] / "ansible_collections")]["virtops.kvm"]["version"] == _galaxy_version()
+
+
+def test_artefact_metadata_is_complete_for_publishing(installed):
+    with tarfile.open(installed["artefact"]) as tar:
+        info = json.loads(tar.extractfile("MANIFEST.json").read())["collection_info"]
+        files = {f["name"] for f in json.loads(tar.extractfile("FILES.json").read())["files"]}
+        licence = tar.extractfile("COPYING").read().decode()
+    assert len(info["description"]) >= 60 and "libvirt" in info["description"], info["description"]
+    # Galaxy's rules for tags: at most 20, lowercase letters, digits and underscores.
+    assert {"kvm", "libvirt", "qemu", "virtualization"} <= set(info["tags"]) and len(info["tags"]) <= 20
+    assert all(re.fullmatch(r"[a-z0-9_]{1,64}", tag) for tag in info["tags"]), info["tags"]
+    for key in ("repository", "documentation", "homepage", "issues"):
+        url = urlparse(info[key] or "")
+        assert url.scheme == "https" and url.netloc, f"galaxy.yml {key}: {info[key]!r}"
+    assert info["license"] == ["GPL-3.0-or-later"] and not info["license_file"]
+    assert "COPYING" in files and "GNU GENERAL PUBLIC LICENSE" in licence and "Version 3, 29 June 2007" in licence
+    # What ansible-builder reads from the installed collection is in it.
+    ee = yaml.safe_load(
+        (installed["collections"] / "ansible_collections/virtops/kvm/meta/execution-environment.yml").read_text()
+    )
+    for entry in ("python", "system"):
+        assert ee["dependencies"][entry] in files, ee["dependencies"][entry]
+
+
+def test_artefact_size_is_bounded(installed):
+    with tarfile.open(installed["artefact"]) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+    unpacked = sum(m.size for m in members)
+    biggest = max(members, key=lambda m: m.size)
+    assert installed["artefact"].stat().st_size <= MAX_ARTEFACT_BYTES, installed["artefact"].stat().st_size
+    assert unpacked <= MAX_UNPACKED_BYTES, unpacked
+    assert biggest.size <= MAX_FILE_BYTES, (biggest.name, biggest.size)
+
+
+# Files a checkout may hold that must never reach the artefact, one per build_ignore rule.
+CANARIES = (
+    ".venv-targets/3.9/lib/python3.9/site-packages/canary.py",
+    ".venv/lib/canary.py",
+    ".collections/ansible_collections/canary.txt",
+    "tests/output/docsite/build/html/index.html",
+    "tests/unit/__pycache__/canary.cpython-311.pyc",
+    "tests/integration/.pytest_cache/v/cache/lastfailed",
+    ".pytest_cache/v/cache/lastfailed",
+    ".ruff_cache/canary",
+    ".cache/canary",
+    "bench/results/canary.json",
+    "changelogs/.plugin-cache.yaml",
+    "virtops-kvm-0.0.1.tar.gz",
+    "requirements-dev.txt",
+    "scripts/canary.sh",
+    "bench/canary.py",
+    ".ci/canary",
+)
+
+
+def test_build_ignore_keeps_environments_caches_and_test_output_out(tmp_path):
+    """Build a copy of the checkout with a file in every place the artefact must not take from."""
+    src = tmp_path / "src"
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file() and not LEAK.search(name):
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    for name in CANARIES:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text("canary\n")
+    out = tmp_path / "out"
+    _run([BIN / "ansible-galaxy", "collection", "build", str(src), "--output-path", str(out)], cwd=tmp_path)
+    with tarfile.open(out / f"virtops-kvm-{_galaxy_version()}.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert "plugins/modules/kvm_clone.py" in names and "COPYING" in names
+    assert not names & set(CANARIES), sorted(names & set(CANARIES))
+    assert not [n for n in names if LEAK.search(n)]
+
+
+def _documented_ee_definition() -> str:
+    """The execution-environment.yml that docs/execution-environment.md tells users to write."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "execution-environment.md").read_text(), re.S)
+    found = [b for b in blocks if re.search(r"^version: 3$", b, re.M)]
+    assert len(found) == 1, "docs/execution-environment.md should show one version 3 definition"
+    return found[0]
+
+
+def test_ansible_builder_makes_the_build_context_from_the_collections_own_files(installed, tmp_path):
+    """ansible-builder create on the documented definition, then the image build's two steps
+    that read the collection, run here (no container engine): the collection install from the
+    context, and the introspection that collects its Python and system requirements."""
+    text = _documented_ee_definition()
+    definition = yaml.safe_load(text)
+    artefact_name = definition["additional_build_files"][0]["src"]
+    shutil.copy(installed["artefact"], tmp_path / artefact_name)
+    (tmp_path / "execution-environment.yml").write_text(text)
+    # As in the image: the collections path ansible-galaxy installs to is the configured one.
+    ee_collections = tmp_path / "usr-share-ansible-collections"
+    env = {
+        **installed["env"],
+        "ANSIBLE_COLLECTIONS_PATH": str(ee_collections),
+        "ANSIBLE_GALAXY_DISABLE_GPG_VERIFY": "1",
+    }
+    _run([BIN / "ansible-builder", "create", "--output-filename", "Containerfile"], cwd=tmp_path, env=env)
+    context = tmp_path / "context"
+    build = context / "_build"
+    containerfile = (context / "Containerfile").read_text()
+    assert "COPY _build /build" in containerfile and "WORKDIR /build" in containerfile
+    assert (build / "collections" / artefact_name).read_bytes() == installed["artefact"].read_bytes()
+
+    # Galaxy stage: RUN ... ansible-galaxy collection install ... -r requirements.yml (in /build).
+    assert re.search(r"^RUN .*ansible-galaxy collection install .*-r requirements\.yml", containerfile, re.M)
+    _run([BIN / "ansible-galaxy", "collection", "install", "--offline", "-r", "requirements.yml",
+          "--collections-path", str(ee_collections)], cwd=build, env=env)  # fmt: skip
+    assert (ee_collections / "ansible_collections/virtops/kvm/meta/execution-environment.yml").is_file()
+
+    # Builder stage: RUN $PYCMD /output/scripts/introspect.py introspect --write-bindep=... --write-pip=...
+    m = re.search(r"^RUN \$PYCMD /output/scripts/introspect\.py (introspect .*)$", containerfile, re.M)
+    assert m, containerfile
+    args = [a.replace("/tmp/src/", f"{tmp_path}/src/") for a in shlex.split(m.group(1))]
+    (tmp_path / "src").mkdir()
+    _run([sys.executable, str(build / "scripts" / "introspect.py"), *args, str(ee_collections)], cwd=tmp_path, env=env)
+    written_pip = (tmp_path / "src" / "requirements.txt").read_text().splitlines()
+    written_bindep = (tmp_path / "src" / "bindep.txt").read_text().splitlines()
+    for ours, written in (("ee-requirements.txt", written_pip), ("ee-bindep.txt", written_bindep)):
+        wanted = [
+            line.split("#", 1)[0].strip()
+            for line in (ROOT / "meta" / ours).read_text().splitlines()
+            if line.split("#", 1)[0].strip()
+        ]
+        assert written == [f"{line}  # from collection virtops.kvm" for line in wanted], (ours, written)
+
+    # The Python requirements are what the project's own venv runs on.
+    for line in written_pip:
+        req = Requirement(line.split("#", 1)[0])
+        assert version(req.name) in req.specifier, (line, version(req.name))
+    # On Debian, bindep itself reads the list, and finds every Debian package of it (run time
+    # and compile profile) installed here: scripts/setup.sh installs them, so the names are real.
+    if shutil.which("dpkg"):
+        for profile in ([], ["compile"]):
+            proc = subprocess.run([BIN / "bindep", "-b", "-f", str(tmp_path / "src" / "bindep.txt"), *profile],
+                                  capture_output=True, text=True, check=False)  # fmt: skip
+            assert proc.returncode == 0 and not proc.stdout.strip(), (profile, proc.stdout, proc.stderr)
 
 
 PLAYBOOK = """\
