@@ -5,20 +5,33 @@ A template must be shut off (its disk would change under the copies), and
 every writable disk must be a file in a format kvm_clone can overlay or copy,
 as the image really is (``qemu-img info``), not only as the XML says.
 Read-only and shareable disks (a CD-ROM) are shared by the clones, not cloned.
+
+A template whose disks are external snapshot layers (virtops.kvm.kvm_snapshot
+kind=external) is refused unless ``layer`` names one of its external
+snapshots: the clones are then made from the images that snapshot froze,
+which are never written again, instead of the current layer, which is.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import _set_disks
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import SHUTOFF, HostScan, state_name
 
 
-def load_template(scan: HostScan, runner, template: str | None, template_xml: str | None) -> dict | None:
-    """``{name, root, disks: [{target, path, format}], nvram}``, or None when neither is given."""
+def load_template(
+    scan: HostScan, runner, template: str | None, template_xml: str | None, layer: str | None = None
+) -> dict | None:
+    """``{name, root, disks: [{target, path, format}], nvram}``, or None when neither is given.
+
+    ``layer``: the external snapshot of the template whose frozen images are cloned (see the module doc).
+    """
     if template is None and template_xml is None:
         return None
     if template is not None:
@@ -32,9 +45,11 @@ def load_template(scan: HostScan, runner, template: str | None, template_xml: st
                 "(its disk would change under the copies).",
                 hint="Shut it down first (virtops.kvm.kvm_domain state=shutdown).",
             )
-        root = found.inactive
+        root = _layer_root(found, found.inactive, layer)
         name = template
     else:
+        if layer is not None:
+            raise InvalidInput("template_snapshot needs a template domain (its snapshots), not template_xml.")
         root = dx.parse(template_xml, "template_xml")
         name = dx.name_of(root)
         if not name:
@@ -77,3 +92,52 @@ def _checked_disk(runner, d: dict) -> dict:
             hint="Fix <driver type=...> in the template.",
         )
     return dict(target=d["target"], path=path, format=real)
+
+
+def _external_snapshots(dom) -> dict[str, dict[str, str]]:
+    """``{snapshot: {target: base}}``: each external snapshot of ``dom`` and the images it froze."""
+    etree = _deps.etree
+    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+    out = {}
+    for snap in dom.listAllSnapshots(_deps.libvirt.VIR_DOMAIN_SNAPSHOT_LIST_EXTERNAL):
+        el = etree.fromstring(snap.getXMLDesc(0).encode("utf-8"), parser)
+        targets = [d.get("name") for d in el.findall("disks/disk") if d.get("snapshot") == "external"]
+        defined = el.find("domain")
+        sources = {d["target"]: d["path"] for d in dx.disks(defined)} if defined is not None else {}
+        out[snap.getName()] = {t: sources[t] for t in targets if sources.get(t)}
+    return out
+
+
+def _layer_root(found, root, layer: str | None):
+    """The template's XML, or with ``layer`` a copy whose disks are that snapshot's frozen images."""
+    snapshots = _external_snapshots(found.dom)
+    if layer is None and not snapshots:
+        return root
+    if layer is None:
+        frozen = {os.path.realpath(p) for bases in snapshots.values() for p in bases.values()}
+        for d in dx.disks(root):
+            if d["type"] != "file" or not d["path"] or _shared(d) or not os.path.exists(d["path"]):
+                continue
+            below = {os.path.realpath(c["path"]) for c in st.backing_chain(d["path"])[1:]}
+            if below & frozen:
+                raise InvalidInput(
+                    f"Disk {d['target']} of template {found.name!r} ({d['path']}) is an external snapshot layer, "
+                    "which the template writes when it runs; kvm_clone will not put clones on it.",
+                    hint="Say which layer to clone with template_snapshot: one of "
+                    f"{', '.join(sorted(snapshots))} (the disks as that snapshot froze them).",
+                )
+        return root
+    if layer not in snapshots:
+        raise InvalidInput(
+            f"Template {found.name!r} has no external snapshot {layer!r} (template_snapshot); it has: "
+            f"{', '.join(sorted(snapshots)) or 'none'}.",
+        )
+    root = copy.deepcopy(root)
+    bases = snapshots[layer]
+    disk_map = {
+        d["path"]: dict(path=bases[d["target"]], format=st.detect_format(bases[d["target"]]))
+        for d in dx.disks(root)
+        if d["path"] and d["target"] in bases
+    }
+    _set_disks(root.find("devices"), disk_map)
+    return root
