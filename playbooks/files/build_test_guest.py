@@ -6,7 +6,9 @@ No internet images: the guest is the host's own kernel (``/boot/vmlinuz-*``), a
 busybox-static initramfs and a few kernel modules copied from ``/lib/modules``.
 It boots under software emulation (``<domain type='qemu'>``, TCG) in seconds,
 prints one marker line on the serial port and powers off on an ACPI power
-button press, so ``virsh shutdown`` and ``virsh reboot`` work.
+button press, so ``virsh shutdown`` and ``virsh reboot`` work. After the marker
+it asks for a DHCP lease on each NIC (busybox udhcpc, in the background) and
+prints ``VIRTOPS-IP <interface> <address>`` when it has one.
 
 Outputs, in a cache directory named by a hash of the inputs (kernel file and
 version, busybox binary, this script's own content) under ``--dest``:
@@ -50,6 +52,9 @@ DEFAULT_DEST = "/var/lib/libvirt/images/virtops-testguest"
 HOSTNAME = "virtops-base"
 TEMPLATE_NAME = "virtops-template"
 MARKER = "VIRTOPS-GUEST-UP"
+# Printed on the serial port by the guest's DHCP client: "VIRTOPS-IP <interface> <address>".
+IP_MARKER = "VIRTOPS-IP"
+UDHCPC_SCRIPT = "/etc/virtops/udhcpc.sh"
 BOOT_LOG = "/var/log/virtops-boot.log"
 CMDLINE = "console=ttyS0 panic=-1"
 BUSYBOX = "/bin/busybox"
@@ -65,6 +70,8 @@ WANTED_MODULES = (
     "ext4",  # the root partition
     "button",  # ACPI power button -> virsh shutdown / reboot
     "evdev",  # /dev/input/event* that busybox acpid reads
+    "virtio_net",  # eth0 on a virtio NIC (with failover, net_failover from modules.dep)
+    "af_packet",  # the raw sockets busybox udhcpc sends its DHCP requests on
 )
 OUTPUTS = ("vmlinuz", "initrd.img", "base.qcow2", "template.xml", "template-kernel.xml")
 
@@ -97,7 +104,37 @@ fi
 # ACPI power button -> /etc/acpi/PWRF/00000080 (sync, unmount, poweroff -f).
 acpid -c /etc/acpi -l /dev/null
 echo "{MARKER} hostname=$host" > /dev/ttyS0
+# Network, after the marker (a boot without a NIC is as fast as ever): a DHCP
+# client per NIC in the background; {UDHCPC_SCRIPT} sets the leased address and
+# prints "{IP_MARKER} <interface> <address>" on the serial port.
+for dev in /sys/class/net/*; do
+  n=${{dev##*/}}
+  [ "$n" = lo ] || [ ! -e "$dev" ] && continue
+  ip link set "$n" up
+  set -- -f -i "$n" -s {UDHCPC_SCRIPT} -t 5 -T 2 -A 3
+  [ "$host" = none ] || set -- "$@" -x "hostname:$host"
+  udhcpc "$@" >/dev/null 2>&1 &
+done
 while :; do sleep 3600; done
+"""
+
+UDHCPC_EVENTS = f"""#!/bin/sh
+# udhcpc event script of the virtops test guest: set the leased address, say it on the serial port.
+case "$1" in
+  deconfig)
+    ip -4 addr flush dev "$interface"
+    ;;
+  bound|renew)
+    ip -4 addr flush dev "$interface"
+    ip addr add "$ip/${{mask:-24}}" dev "$interface"
+    for r in $router; do
+      ip route replace default via "$r" dev "$interface"
+      break
+    done
+    echo "{IP_MARKER} $interface $ip" > /dev/ttyS0
+    ;;
+esac
+exit 0
 """
 
 POWER_SCRIPT = """#!/bin/sh
@@ -323,6 +360,7 @@ def build_initrd(pre: dict, modules: list[Path], dest: Path) -> None:
     cpio.symlink("bin/sh", "busybox")
     cpio.file("init", INIT_SCRIPT.encode(), 0o755)
     cpio.file("etc/acpi/PWRF/00000080", POWER_SCRIPT.encode(), 0o755)
+    cpio.file(UDHCPC_SCRIPT.lstrip("/"), UDHCPC_EVENTS.encode(), 0o755)
     cpio.file("etc/hostname", b"none\n")
     names = []
     for i, mod in enumerate(modules):
@@ -474,6 +512,7 @@ def build_into(pre: dict, digest: str, work: Path, cache: Path) -> dict:
         "hostname": HOSTNAME,
         "template_name": TEMPLATE_NAME,
         "marker": MARKER,
+        "ip_marker": IP_MARKER,
         "boot_log": BOOT_LOG,
         "root_device": {"guest": "/dev/vda1", "guestfs": "/dev/sda1"},
         "memory_mib": MEMORY_MIB,

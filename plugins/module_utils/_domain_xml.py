@@ -54,8 +54,11 @@ def validate_name(name: str, what: str = "domain name") -> str:
     return name
 
 
-def parse(xml: str | bytes, what: str = "domain XML"):
-    """Parse XML text into an lxml element; a syntax error names line and column."""
+def parse(xml: str | bytes, what: str = "domain XML", root_tag: str = "domain", dump: str = "virsh dumpxml"):
+    """Parse XML text into an lxml ``<root_tag>`` element; a syntax error names line and column.
+
+    ``dump`` names the command that prints such XML, for the hint (other libvirt objects' XML too).
+    """
     etree = _deps.etree
     if isinstance(xml, str):
         xml = xml.encode("utf-8")
@@ -67,12 +70,12 @@ def parse(xml: str | bytes, what: str = "domain XML"):
         reason = _POSITION_SUFFIX.sub("", exc.msg)
         raise InvalidInput(
             f"The {what} is not well-formed XML: {reason} (line {line}, column {col}).",
-            hint="Fix the XML (for example compare with 'virsh dumpxml').",
+            hint=f"Fix the XML (for example compare with '{dump}').",
             line=line,
             column=col,
         ) from exc
-    if root.tag != "domain":
-        raise InvalidInput(f"The {what} has root element <{root.tag}>, expected <domain>.")
+    if root.tag != root_tag:
+        raise InvalidInput(f"The {what} has root element <{root.tag}>, expected <{root_tag}>.")
     return root
 
 

@@ -49,6 +49,14 @@ options:
       - Domain XML of the template, as produced by C(virsh dumpxml). Its C(<name>) is recorded as the template.
       - Mutually exclusive with O(template).
     type: str
+  template_snapshot:
+    description:
+      - When the template's disks are external snapshot layers (M(virtops.kvm.kvm_snapshot) with
+        O(virtops.kvm.kvm_snapshot#module:kind=external)), the name of the template's external snapshot whose
+        frozen images the clones are made from (overlays on them, or copies of them with O(mode=copy)).
+      - Without it such a template is refused, because its current layer is written again whenever it runs.
+      - Only with O(template), not O(template_xml).
+    type: str
   name:
     description:
       - Name of a single clone. Mutually exclusive with O(clones).
@@ -58,7 +66,8 @@ options:
     description:
       - The clones of a fleet. Each item is a name, or a dict with C(name) and optional overrides
         C(memory) (MiB), C(vcpus), C(autostart) (bool), C(macs) (list of MAC addresses, one per interface in
-        order; missing ones are generated), C(uuid) and C(state) (V(present), V(running) or V(absent)).
+        order; missing ones are generated), C(uuid), C(state) (V(present), V(running) or V(absent)) and
+        C(ip) (the IPv4 address of its DHCP reservation on O(network); default chosen as O(network) says).
       - Mutually exclusive with O(name).
     type: list
     elements: raw
@@ -109,6 +118,29 @@ options:
       - How many clones are created at once (disk creation and define). The connection is shared.
     type: int
     default: 4
+  network:
+    description:
+      - Attach each clone's first interface to this libvirt virtual network (C(<interface type='network'>),
+        what was specific to the template's interface type is dropped; model, MAC and PCI address stay). The
+        network must be defined; it must be active when a clone starts.
+      - An existing clone whose first interface is on another network is an error naming it, never changed.
+      - With O(dhcp_reservations), each clone also gets a static DHCP reservation on the network.
+    type: str
+  dhcp_reservations:
+    description:
+      - With O(network), give each clone a static DHCP host entry (its first interface's MAC, the clone's name,
+        an IPv4 address) in the network, made live on a running network without a restart (like
+        C(virsh net-update --live --config add ip-dhcp-host)), before the clone is defined.
+      - "Deterministic: a clone keeps the address of its entry (found by its MAC, or by its name when the
+        clone was made again with a new MAC); a new one gets the C(ip) of its O(clones) item, else the lowest
+        free address of the network's first IPv4 DHCP range, in the order of O(clones). Free means not the
+        network's own address, not in another entry, not leased to another MAC. So the same fleet gets the
+        same addresses on a rerun, and check mode predicts them."
+      - O(state=absent) removes the entries with a removed clone's MAC and name from the networks its
+        interfaces are on (also without O(network)); other entries are never touched.
+      - Clone names must then be valid host names (letters, digits, C(-), C(.)).
+    type: bool
+    default: true
 notes:
   - Overlays are refused on a base that a running domain uses as a writable disk.
   - A base stays read-only after its last overlay is removed; make it writable again yourself if you want to.
@@ -142,6 +174,20 @@ EXAMPLES = r"""
     template_xml: "{{ lookup('ansible.builtin.file', 'centos7.xml') }}"
     name: stu03
     domain_type: qemu
+
+- name: A fleet on the lab network, each clone with a DHCP reservation (stu01 gets a fixed address)
+  virtops.kvm.kvm_clone:
+    template: centos7
+    network: lab
+    clones:
+      - {name: stu01, ip: 192.168.100.101}
+      - stu02
+      - stu03
+  register: fleet
+
+- name: Show which address each clone gets
+  ansible.builtin.debug:
+    msg: "{{ fleet.clones | items2dict(key_name='name', value_name='ip') }}"
 
 - name: Remove the class again (only the files kvm_clone created are deleted)
   virtops.kvm.kvm_clone:
@@ -182,13 +228,25 @@ clones:
           backing_format: qcow2
           mode: overlay
     changed:
-      description: Whether this clone was created, started, removed or its XML file written.
+      description: Whether this clone was created, started, removed, its XML file written or its DHCP
+        reservation made.
       type: bool
       sample: true
     state:
       description: The clone's state after the task, V(present) (defined), V(running) or V(absent).
       type: str
       sample: running
+    network:
+      description: The network its first interface is on.
+      type: str
+      returned: with O(network)
+      sample: lab
+    ip:
+      description: The IPv4 address of its DHCP reservation (in check mode, the one a real run reserves); null
+        with O(dhcp_reservations=false).
+      type: str
+      returned: with O(network)
+      sample: 192.168.100.101
     xml_file:
       description: The clone's XML file in O(xml_dir), or for O(state=absent) the XML file that is (or in check
         mode would be) removed.
@@ -251,7 +309,7 @@ failed_clones:
   elements: str
   sample: [stu07]
 diff:
-  description: Each clone before and after (state, uuid, macs, disks).
+  description: Each clone before and after (state, uuid, macs, disks, and the reserved ip with O(network)).
   returned: always
   type: dict
   sample: {before: {clones: {stu01: {state: absent}}}, after: {clones: {stu01: {state: present}}}}

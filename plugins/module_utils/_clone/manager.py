@@ -26,6 +26,7 @@ class CloneManager(Manager):
     ARGUMENT_SPEC = dict(
         template=dict(type="str"),
         template_xml=dict(type="str"),
+        template_snapshot=dict(type="str"),
         name=dict(type="str"),
         clones=dict(type="list", elements="raw"),
         mode=dict(type="str", choices=["overlay", "copy"], default="overlay"),
@@ -35,9 +36,12 @@ class CloneManager(Manager):
         state=dict(type="str", choices=["present", "running", "absent"], default="present"),
         protect_base=dict(type="bool", default=True),
         parallel=dict(type="int", default=4),
+        network=dict(type="str"),
+        dhcp_reservations=dict(type="bool", default=True),
     )
     MODULE_OPTIONS = dict(
         mutually_exclusive=[("template", "template_xml"), ("name", "clones")],
+        required_by=dict(template_snapshot="template"),
         required_one_of=[("name", "clones")],
         required_if=[
             ("state", "present", ("template", "template_xml"), True),
@@ -82,6 +86,7 @@ class CloneManager(Manager):
             self.warn(f"{verb} {k['path']}: still used by {', '.join(k['used_by'])}.")
         bases = result.bases_report(plan, outcomes, scan, self.p["protect_base"], self.check_mode)
         out = result.build(plan, outcomes, bases, removed, kept)
+        plan["reservations"].annotate(out, plan["items"])
         out["changed"] = out["changed"] or base_changed
         failed = [(n, o["error"]) for n, o in outcomes.items() if not o["ok"]]
         if failed:
@@ -104,8 +109,12 @@ class CloneManager(Manager):
         """Remove, create, update, protect: (outcomes, removed files, kept files, whether a base changed)."""
         outcomes: dict[str, dict] = {}
         removed, kept = act.remove_all(_absent(plan), outcomes, scan)
+        plan["reservations"].after_remove(plan["items"], outcomes)
         creates = [i for i in plan["items"] if i["action"] == "create"]
-        outcomes.update(act.create_all(self.conn, self.runner, creates, self.p["parallel"]))
+        plan["reservations"].before_create(plan["items"])
+        created = act.create_all(self.conn, self.runner, creates, self.p["parallel"])
+        plan["reservations"].after_create(created)
+        outcomes.update(created)
         for item in plan["items"]:
             if item["action"] in ("update", "none") and not item.get("absent"):
                 outcomes[item["name"]] = act.update_one(item)

@@ -6,7 +6,7 @@ touched: names, free disk/NVRAM/XML paths, MACs and UUIDs unused on the host
 and in the batch, the directories, the template, and that no running domain
 writes to a disk that is about to become a base. So bad input changes nothing.
 The plan is a dict ``{template, items, bases, dest_dir, xml_dir,
-domain_type_reason}``; each item says what to do with one clone (``create``,
+domain_type_reason, reservations}``; each item says what to do with one clone (``create``,
 ``update``, ``none``, ``remove``, ``remove_xml``).
 """
 
@@ -16,6 +16,7 @@ import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.existing import plan_absent, plan_existing, xml_path
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.network import Reservations
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import new_mac, new_uuid
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.template import load_template
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import (
@@ -66,7 +67,9 @@ class Planner:
 
     def plan(self) -> dict:
         """Validate the whole batch against the host and decide every action; touches nothing."""
-        tpl = load_template(self.scan, self.runner, self.p["template"], self.p["template_xml"])
+        tpl = load_template(
+            self.scan, self.runner, self.p["template"], self.p["template_xml"], self.p["template_snapshot"]
+        )
         if tpl is None and any(s["state"] != "absent" for s in self.specs):
             raise InvalidInput("template or template_xml is required unless state is absent.")
         wants_create = any(s["state"] != "absent" and s["name"] not in self.scan for s in self.specs)
@@ -89,8 +92,16 @@ class Planner:
         bases = [d["path"] for d in tpl["disks"]] if tpl is not None and self.mode == "overlay" else []
         if bases and any(i["action"] == "create" for i in items):
             self._refuse_busy_bases(bases)
+        reservations = Reservations(self.conn, self.p, self.scan)
+        reservations.plan(items, tpl)
         return dict(
-            template=tpl, items=items, bases=bases, dest_dir=dest_dir, xml_dir=xml_dir, domain_type_reason=reason
+            template=tpl,
+            items=items,
+            bases=bases,
+            dest_dir=dest_dir,
+            xml_dir=xml_dir,
+            domain_type_reason=reason,
+            reservations=reservations,
         )
 
     def _dest_dir(self, tpl: dict | None, wants_create: bool) -> str | None:
@@ -172,6 +183,7 @@ class Planner:
             nvram_path=nvram_path,
             memory_mib=s["memory"],
             vcpus=s["vcpus"],
+            network=self.p.get("network"),
         )
         return dict(
             action="create",

@@ -1,5 +1,5 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
-"""The clone specs of one task (name, overrides, MACs, UUID, state), checked before the host is read.
+"""The clone specs of one task (name, overrides, MACs, UUID, state, address), checked before the host is read.
 
 ``clones`` is a list of names or dicts, so the argument spec cannot say what is
 allowed in it; this file does, and refuses unsafe or duplicate names, unknown
@@ -9,6 +9,7 @@ picks the MACs and UUIDs a new clone gets when the task gives none.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import uuid as uuidlib
@@ -18,7 +19,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflic
 
 MAC_PREFIX = "52:54:00"
 STATES = ("present", "running", "absent")
-CLONE_KEYS = ("name", "memory", "vcpus", "autostart", "macs", "uuid", "state")
+CLONE_KEYS = ("name", "memory", "vcpus", "autostart", "macs", "uuid", "state", "ip")
 
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
@@ -33,6 +34,17 @@ def normalize_mac(mac: str) -> str:
     if int(m[:2], 16) & 1:
         raise InvalidInput(f"MAC address {mac!r} is a multicast address; a NIC needs a unicast one.")
     return m
+
+
+def normalize_ip(value, cname: str) -> str:
+    """The IPv4 address a clone's DHCP reservation asks for, in canonical form."""
+    try:
+        addr = ipaddress.ip_address(str(value).strip())
+    except ValueError as exc:
+        raise InvalidInput(f"ip of clone {cname!r} ({value!r}) is not an IP address.") from exc
+    if addr.version != 4:
+        raise InvalidInput(f"ip of clone {cname!r} ({value}) is not IPv4; reservations are made for IPv4 DHCP.")
+    return str(addr)
 
 
 def normalize_uuid(value: str) -> str:
@@ -110,6 +122,8 @@ def _one(cname: str, item: dict, default_state: str) -> dict:
         raise InvalidInput(f"Clone {cname!r} lists the same MAC address twice.")
     if item.get("uuid"):
         spec["uuid"] = normalize_uuid(item["uuid"])
+    if item.get("ip"):  # only with a network (kvm_clone's ``network`` option); absent otherwise
+        spec["ip"] = normalize_ip(item["ip"], cname)
     if item.get("state") is not None:
         if item["state"] not in STATES:
             raise InvalidInput(f"state of clone {cname!r} must be one of {', '.join(STATES)}.")
@@ -124,6 +138,12 @@ def _refuse_batch_duplicates(specs: list[dict]) -> None:
             if mac in owners:
                 raise InvalidInput(f"MAC {mac} is given to both {owners[mac]!r} and {s['name']!r} in the batch.")
             owners[mac] = s["name"]
+    ips: dict[str, str] = {}
+    for s in specs:
+        if s.get("ip"):
+            if s["ip"] in ips:
+                raise InvalidInput(f"ip {s['ip']} is given to both {ips[s['ip']]!r} and {s['name']!r} in the batch.")
+            ips[s["ip"]] = s["name"]
     uuids: dict[str, str] = {}
     for s in specs:
         if s["uuid"]:

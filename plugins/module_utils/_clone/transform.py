@@ -2,11 +2,12 @@
 """What changes per clone: its file names and its domain XML (pure lxml, no connection).
 
 The course clones by hand: dump the template's XML, change name, UUID, disk
-path and MAC, and define. ``transform`` does that on a copy of the template's
-element tree, and also drops what libvirt generates per domain (tap device
-names, aliases, ports, pty paths, dynamic labels) so two clones never
-collide on it. The file names a clone's disks get are decided here too, so
-that the plan for a new clone and the check of an existing one agree.
+path and MAC (and for a fleet on a network, where the first NIC attaches), and
+define. ``transform`` does that on a copy of the template's element tree,
+and also drops what libvirt generates per domain (tap device names, aliases,
+ports, pty paths, dynamic labels) so two clones never collide on it. The
+file names a clone's disks get are decided here too, so that the plan for a
+new clone and the check of an existing one agree.
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ def transform(
     nvram_path: str | None = None,
     memory_mib: int | None = None,
     vcpus: int | None = None,
+    network: str | None = None,
 ):
     """The clone's domain XML (a new element tree; the template's is not modified).
 
     ``disk_map`` maps a template disk path to ``{path, format}`` of the clone's
     disk; disks not in it (CD-ROMs, read-only and shareable disks) are shared.
-    ``macs`` gives one MAC per interface, in document order.
+    ``macs`` gives one MAC per interface, in document order. With ``network``,
+    the first interface is attached to that libvirt network.
     """
     root = copy.deepcopy(template_root)
     if "id" in root.attrib:
@@ -94,6 +97,8 @@ def transform(
     if devices is not None:
         _set_disks(devices, disk_map)
         _set_interfaces(devices, macs)
+        if network:
+            attach_network(devices, network)
         _set_char_devices(devices, template_name, name)
         for g in devices.findall("graphics"):
             if g.get("type") in ("vnc", "spice"):
@@ -185,6 +190,24 @@ def _set_interfaces(devices, macs: list[str]) -> None:
         tgt = iface.find("target")
         if tgt is not None and _GENERATED_TAP.match(tgt.get("dev", "")):
             iface.remove(tgt)
+
+
+# What an interface keeps when it moves to a libvirt network: the rest belongs to its old type.
+_IFACE_KEEP = frozenset(
+    {"mac", "model", "driver", "boot", "rom", "mtu", "link", "address", "alias", "coalesce", "tune", "bandwidth"}
+)
+
+
+def attach_network(devices, network: str) -> None:
+    """Put the first interface on libvirt network ``network`` (``<interface type='network'>``)."""
+    iface = devices.find("interface")
+    iface.set("type", "network")
+    for child in list(iface):
+        if isinstance(child.tag, str) and child.tag not in _IFACE_KEEP:
+            iface.remove(child)
+    src = _deps.etree.Element("source", network=network)
+    mac = iface.find("mac")
+    (mac.addnext(src) if mac is not None else iface.insert(0, src))
 
 
 def _set_char_devices(devices, template_name: str, name: str) -> None:

@@ -315,8 +315,18 @@ def test_detect_family_no_os_release(tmp_path):
 @pytest.mark.parametrize(
     ("family", "gui", "python", "expected"),
     [
-        ("debian", False, False, ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients"]),
-        ("redhat", False, False, ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu"]),
+        (
+            "debian",
+            False,
+            False,
+            ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "dnsmasq-base"],
+        ),
+        (
+            "redhat",
+            False,
+            False,
+            ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu", "dnsmasq"],
+        ),
         (
             "debian",
             True,
@@ -326,6 +336,7 @@ def test_detect_family_no_os_release(tmp_path):
                 "qemu-utils",
                 "libvirt-daemon-system",
                 "libvirt-clients",
+                "dnsmasq-base",
                 "virt-manager",
                 "python3-libvirt",
                 "python3-lxml",
@@ -341,6 +352,7 @@ def test_detect_family_no_os_release(tmp_path):
                 "libvirt-daemon",
                 "libvirt-client",
                 "libvirt-daemon-driver-qemu",
+                "dnsmasq",
                 "virt-manager",
                 "python3-libvirt",
                 "python3-lxml",
@@ -356,6 +368,7 @@ def test_detect_family_no_os_release(tmp_path):
                 "libvirt-daemon",
                 "libvirt-client",
                 "libvirt-daemon-driver-qemu",
+                "dnsmasq",
                 "python3-libvirt-python",
                 "python3-lxml",
                 "python3-libguestfs",
@@ -766,7 +779,9 @@ def test_direct_stop_timeout(tmp_path):
 # -- the whole manager on a fake host -------------------------------------------------------------
 
 
-def host_runner(procs, installed=("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients")):
+def host_runner(
+    procs, installed=("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "dnsmasq-base")
+):
     have = set(installed)
 
     def dpkg(argv):
