@@ -73,6 +73,8 @@ class Manager:
     LIBRARIES: tuple = ("libvirt", "lxml")
     #: whether a read-only libvirt connection is enough
     READONLY = False
+    #: the manager's own test seams (keyword arguments, e.g. a clock or a fake file tree) and their defaults
+    SEAMS: dict = {}
 
     def __init__(
         self,
@@ -82,13 +84,20 @@ class Manager:
         *,
         runner: Runner | None = None,
         which: Which | None = None,
+        **seams,
     ):
+        unknown = sorted(set(seams) - set(self.SEAMS))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown keyword argument(s): {', '.join(unknown)}")
+        for name, default in self.SEAMS.items():
+            setattr(self, name, seams.get(name, default))
         self.p = with_defaults(self.argument_spec(), params)
         self.connection = connection if connection is not None else Connection(self.p.get("uri"), self.READONLY)
         self.check_mode = check_mode
         self.runner = runner or subprocess_runner
         self.which = which or shutil.which
         self.warnings: list[str] = []
+        self.changes: list[str] = []
 
     @classmethod
     def argument_spec(cls) -> dict:
@@ -114,6 +123,11 @@ class Manager:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    def note(self, change: str) -> bool:
+        """Record a change; True when it is to be carried out (not in check mode)."""
+        self.changes.append(change)
+        return not self.check_mode
 
     def run(self) -> dict:
         raise NotImplementedError

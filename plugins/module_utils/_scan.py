@@ -227,3 +227,14 @@ class HostScan:
             elif u["relation"] == "file":
                 out.append(f"{u['disk']} (file)")
         return out
+
+
+class ScansHost:
+    """For managers: ``self.scan()`` is the run's one HostScan, taken when a rule first needs it."""
+
+    _scan: HostScan | None = None
+
+    def scan(self) -> HostScan:
+        if self._scan is None:
+            self._scan = HostScan.take(self.conn)
+        return self._scan

@@ -204,9 +204,20 @@ def test_bad_input_changes_nothing(conn, nets, subnets):
     before = sorted(n.name() for n in conn.listAllNetworks())
     host = dict(mac="52:54:00:5a:00:01", ip=addr(net_a, 10))
     cases = [
-        (dict(ips=[dict(address=addr(net_a, 1), dhcp_ranges=[dict(start=addr(net_a, 2), end=addr(net_a, 20)),
-                                                              dict(start=addr(net_a, 10), end=addr(net_a, 30))])]),
-         "overlaps"),
+        (
+            dict(
+                ips=[
+                    dict(
+                        address=addr(net_a, 1),
+                        dhcp_ranges=[
+                            dict(start=addr(net_a, 2), end=addr(net_a, 20)),
+                            dict(start=addr(net_a, 10), end=addr(net_a, 30)),
+                        ],
+                    )
+                ]
+            ),
+            "overlaps",
+        ),
         (dict(ips=[dict(address=addr(net_a, 1), dhcp_ranges=[dict(start="10.255.255.2", end="10.255.255.9")])]),
          "not inside the subnet"),
         (dict(ips=[dict(address=addr(net_a, 1), dhcp_hosts=[dict(host, ip="10.255.255.5")])]), "not inside the subnet"),

@@ -14,9 +14,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, res
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Planner
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import normalize_clones
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
-from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager, Runner, Which
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 
@@ -49,24 +48,14 @@ class CloneManager(Manager):
         ],
     )
 
-    def __init__(
-        self,
-        params: dict,
-        connection: Connection | None = None,
-        check_mode: bool = False,
-        *,
-        runner: Runner | None = None,
-        which: Which | None = None,
-        lock_path: str | None = None,
-        lock_timeout: float = 900,
-    ):
-        """``lock_path``/``lock_timeout``: where and how long to wait for the host lock (tests use their own)."""
-        super().__init__(params, connection, check_mode, runner=runner, which=which)
+    #: where and how long to wait for the host lock (tests use their own)
+    SEAMS = dict(lock_path=None, lock_timeout=900)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.p["parallel"] < 1:
             raise InvalidInput("parallel must be at least 1.")
         self.specs = normalize_clones(self.p["name"], self.p["clones"], self.p["state"])
-        self.lock_path = lock_path
-        self.lock_timeout = lock_timeout
 
     def run(self) -> dict:
         """Scan and plan, then (unless check mode) act under the host lock; return the module result."""

@@ -7,7 +7,6 @@ where something differs (and not in check mode).
 
 from __future__ import annotations
 
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, UnsupportedPlatform
 from ansible_collections.virtops.kvm.plugins.module_utils._host.daemons import (
     DirectDaemon,
@@ -24,7 +23,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._host.packages import 
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import probe_hardware, verdict
 from ansible_collections.virtops.kvm.plugins.module_utils._host.versions import LOCAL_URI, libvirt_facts, ping
-from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager, Runner, Which
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 
 _REQUIRE_HINT = "Set require_hw_virt=false to accept software emulation (domain type qemu)."
 
@@ -54,18 +53,8 @@ class HostManager(Manager):
     # Works without libvirt-python and lxml: it asks virsh and reads XML with the stdlib.
     LIBRARIES = ()
 
-    def __init__(
-        self,
-        params: dict,
-        connection: Connection | None = None,
-        check_mode: bool = False,
-        *,
-        runner: Runner | None = None,
-        which: Which | None = None,
-        root: str = "/",
-    ):
-        super().__init__(params, connection, check_mode, runner=runner, which=which)
-        self.root = root  # the host's file tree; tests point it at a fake one
+    #: root: the host's file tree (tests point it at a fake one)
+    SEAMS = dict(root="/")
 
     def _family(self) -> tuple[str | None, str | None]:
         requested = self.p["family"]

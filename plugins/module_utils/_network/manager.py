@@ -22,7 +22,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflic
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._network import checks, compare, info
 from ansible_collections.virtops.kvm.plugins.module_utils._network.definition import wanted_root
-from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScansHost
 
 STATES = ["present", "active", "inactive", "absent"]
 _HOST = dict(
@@ -53,7 +53,7 @@ def _snapshot(state: str, autostart: bool, root) -> str:
     return f"state: {state}\nautostart: {str(autostart).lower()}\n\n" + (nx.tostring(root) if root is not None else "")
 
 
-class NetworkManager(Manager):
+class NetworkManager(ScansHost, Manager):
     """Bring one virtual network to the requested definition and state (see the kvm_network module)."""
 
     ARGUMENT_SPEC = dict(
@@ -70,17 +70,11 @@ class NetworkManager(Manager):
         force=dict(type="bool", default=False),
     )
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.changes: list[str] = []
-        self._scan: HostScan | None = None
-
     # ------------------------------------------------------------------ helpers
 
     def _do(self, label: str, call, *args) -> None:
         """Note ``label``; make the libvirt call unless in check mode."""
-        self.changes.append(label)
-        if self.check_mode:
+        if not self.note(label):
             return
         try:
             call(*args)
@@ -88,9 +82,7 @@ class NetworkManager(Manager):
             raise libvirt_failed(exc, f"Network {self.p['name']!r}: {label}") from exc
 
     def users(self) -> list[dict]:
-        if self._scan is None:
-            self._scan = HostScan.take(self.conn)
-        return info.users(self._scan, self.p["name"])
+        return info.users(self.scan(), self.p["name"])
 
     def _refuse_cutting(self, what: str) -> None:
         """Stopping, restarting or removing a network cuts the running domains on it: only with force."""

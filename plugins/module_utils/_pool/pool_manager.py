@@ -21,7 +21,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._pool import handles
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import pool_xml as px
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.pool_removal import remove
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.usage import disks_in_pool
-from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScansHost
 
 STATES = ["present", "active", "inactive", "absent"]
 _DEFINITION = ("type", "path", "source_host", "source_path", "source_format", "source_devices", "source_name")
@@ -34,7 +34,7 @@ def snapshot(state: str | None, autostart: bool, root) -> str:
     return f"state: {state}\nautostart: {str(autostart).lower()}\n\n" + px.tostring(px.canonical(root))
 
 
-class PoolManager(Manager):
+class PoolManager(ScansHost, Manager):
     """Bring one storage pool to the requested definition and state (see the kvm_pool module)."""
 
     ARGUMENT_SPEC = dict(
@@ -56,22 +56,9 @@ class PoolManager(Manager):
     )
     MODULE_OPTIONS = dict(mutually_exclusive=[("xml", option) for option in _DEFINITION])
 
-    def __init__(self, params: dict, connection=None, check_mode: bool = False, **seams):
-        super().__init__(params, connection, check_mode, **seams)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.name = self.p["name"]
-        self.changes: list[str] = []
-        self._scan: HostScan | None = None
-
-    def scan(self) -> HostScan:
-        """The host's domains, read once per run and only when a rule needs them."""
-        if self._scan is None:
-            self._scan = HostScan.take(self.conn)
-        return self._scan
-
-    def note(self, change: str) -> bool:
-        """Record a change; True when it is to be done (not check mode)."""
-        self.changes.append(change)
-        return not self.check_mode
 
     # ------------------------------------------------------------------ checks
 

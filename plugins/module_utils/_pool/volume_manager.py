@@ -21,7 +21,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manage
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import handles, usage
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_content as content
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_xml as vx
-from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScansHost
 
 _SHA256 = re.compile(r"^(sha256:)?([0-9a-fA-F]{64})$")
 _FILE_POOLS = ("dir", "fs", "netfs")
@@ -63,7 +63,7 @@ def _validate(p: dict) -> dict:
     return dict(size=size, checksum=checksum)
 
 
-class VolumeManager(Manager):
+class VolumeManager(ScansHost, Manager):
     """Bring one volume of a pool to the requested state (see the kvm_volume module)."""
 
     ARGUMENT_SPEC = dict(
@@ -88,25 +88,13 @@ class VolumeManager(Manager):
         required_by=dict(backing_format="backing_volume"),
     )
 
-    def __init__(self, params: dict, connection=None, check_mode: bool = False, **seams):
-        super().__init__(params, connection, check_mode, **seams)
-        self.changes: list[str] = []
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.pool = None
         self.pool_type: str | None = None
-        self._scan: HostScan | None = None
         self._index: dict | None = None
 
     # ------------------------------------------------------------------ shared with volume_content
-
-    def note(self, change: str) -> bool:
-        """Record a change; True when it is to be done (not check mode)."""
-        self.changes.append(change)
-        return not self.check_mode
-
-    def scan(self) -> HostScan:
-        if self._scan is None:
-            self._scan = HostScan.take(self.conn)
-        return self._scan
 
     def users(self, info: dict) -> list[dict]:
         """Domains and files that use the volume, plus volumes of any pool backed by it (``relation: volume``)."""

@@ -13,25 +13,11 @@ import libvirt
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _network_xml as nx
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._network import checks
 from ansible_collections.virtops.kvm.plugins.module_utils._network.manager import NetworkManager
 
 URI = "test:///default"
-
-
-@pytest.fixture(scope="module")
-def keeper():
-    c = Connection(URI)
-    assert c.conn is not None
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def conn(keeper):
-    return keeper.conn
 
 
 @pytest.fixture
@@ -192,9 +178,22 @@ def test_bad_input_changes_nothing(keeper, conn, name):
     cases = [
         (lab(name, hosts=[dict(mac="52:54:00:aa:00:0g", ip="10.77.0.10")]), InvalidInput, "not of the form"),
         (lab(name, hosts=[dict(mac="52:54:00:aa:00:03", ip="10.99.0.10")]), InvalidInput, "not inside the subnet"),
-        (dict(name=name, ips=[dict(address="10.77.0.1", dhcp_ranges=[dict(start="10.77.0.2", end="10.77.0.9"),
-                                                                      dict(start="10.77.0.5", end="10.77.0.12")])]),
-         InvalidInput, "overlaps"),
+        (
+            dict(
+                name=name,
+                ips=[
+                    dict(
+                        address="10.77.0.1",
+                        dhcp_ranges=[
+                            dict(start="10.77.0.2", end="10.77.0.9"),
+                            dict(start="10.77.0.5", end="10.77.0.12"),
+                        ],
+                    )
+                ],
+            ),
+            InvalidInput,
+            "overlaps",
+        ),
         (dict(name=name, forward_mode="bridge", bridge="vt-nosuchbr0", ips=[]), InvalidInput, "does not exist"),
         (dict(name=f"{name}-new"), InvalidInput, "gives nothing to define"),
         (dict(name="bad/name", forward_mode="nat"), InvalidInput, "not safe"),

@@ -15,20 +15,6 @@ from ansible_collections.virtops.kvm.plugins.module_utils._pool.pool_manager imp
 URI = "test:///default"
 
 
-@pytest.fixture(scope="module")
-def keeper():
-    # test:///default keeps its state only while a connection is open
-    c = Connection(URI)
-    assert c.conn is not None
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def conn(keeper):
-    return keeper.conn
-
-
 @pytest.fixture
 def name(conn):
     n = f"ut-{secrets.token_hex(4)}"

@@ -18,19 +18,6 @@ URI = "test:///default"
 GIB = 1024**3
 
 
-@pytest.fixture(scope="module")
-def keeper():
-    c = Connection(URI)
-    assert c.conn is not None
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def conn(keeper):
-    return keeper.conn
-
-
 @pytest.fixture
 def pool(conn):
     """An active dir pool of its own (the test driver keeps volumes in memory, no files)."""
