@@ -16,7 +16,7 @@ from ansible.errors import AnsibleFilterError
 # kvm_clone's mark in a clone's provenance (<metadata>), as kvm_domain_info returns it.
 CREATED_BY = "virtops.kvm"
 # Options passed to kvm_clone for every clone: its identity, which kvm_clone checks on an existing clone.
-IDENTITY_KEYS = ("macs", "uuid")
+IDENTITY_KEYS = ("macs", "uuid", "ip")
 # Options that shape a new clone only: kvm_clone refuses an existing clone that differs from them,
 # and later changes are kvm_domain's job.
 CREATE_KEYS = ("memory", "vcpus", "autostart")

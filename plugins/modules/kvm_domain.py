@@ -5,11 +5,17 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: kvm_domain
-short_description: Define, update, start, stop, pause, reboot and undefine a libvirt domain
+short_description: Define, update, start, stop, pause, reboot and undefine libvirt domains
 version_added: 0.1.0
 description:
   - Brings one libvirt domain (virtual machine) to a state, like C(virsh define), C(start), C(shutdown),
     C(destroy), C(suspend), C(resume), C(reboot), C(undefine), C(autostart) and C(edit), but idempotently.
+  - "Or a whole batch of them in one task (O(domains)): the host is read once, every item is checked and
+    planned before anything changes (a bad item refuses the batch), and the slow transitions (graceful
+    shutdown, reboot, start and the wait for O(boot_marker)) of up to O(parallel) domains run at once, so a
+    fleet's shutdown costs about one shutdown. A domain that fails (a guest that ignores the ACPI request)
+    fails alone, with its hint, while the others finish; the task then fails naming it, with every item's
+    result in RV(domains)."
   - "The requested definition (O(xml)) is compared semantically with the domain's inactive XML: what
     libvirt fills in and the XML omits (UUID, MAC addresses, PCI and drive addresses, controllers, input
     devices, default attributes, memory written in KiB) is not a change and is never churned: the UUID,
@@ -30,11 +36,12 @@ attributes:
     support: full
     details:
       - Nothing is defined, started, stopped or deleted; C(changed), RV(changes), RV(removed_files) and the
-        diff are those a real run would report.
+        diff are those a real run would report (per item with O(domains)).
   diff_mode:
     support: full
     details:
-      - The diff shows the state, the autostart flag and the inactive XML before and after.
+      - The diff shows the state, the autostart flag and the inactive XML before and after (with O(domains),
+        one diff per item that changes).
   idempotent:
     support: partial
     details:
@@ -43,8 +50,72 @@ options:
   name:
     description:
       - The domain name. When O(xml) has a C(<name>), it must be this name.
+      - May be left out when O(xml) is given; the name is then the XML's C(<name>).
+      - One of O(name), O(xml) and O(domains) is required; O(domains) excludes the other two.
     type: str
-    required: true
+  domains:
+    description:
+      - A batch of domains, instead of O(name) and O(xml). Each item is brought to its state as if it were
+        a task of its own; what an item leaves out comes from the option of the same name at the top level
+        (O(state), O(memory), O(vcpus), O(autostart), O(title), O(description), O(shutdown_timeout),
+        O(force)); O(domain_type), O(remove_storage), O(allow_base_start), O(boot_marker) and
+        O(boot_timeout) apply to every item.
+      - "Every item is checked and planned (in check mode, from one read of the host) before anything
+        changes: a malformed item, a domain listed twice, a bad state, an unknown name without O(domains[].xml),
+        a clone base to start or storage in use to delete refuses the whole batch, and nothing is changed."
+      - The items that change then run, up to O(parallel) at once. An item that fails does not stop the
+        others; the task fails at the end naming the failed items, each with its own message and hint.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - The domain name. May be left out when O(domains[].xml) has a C(<name>).
+        type: str
+      xml:
+        description:
+          - The full definition of this domain, as O(xml).
+        type: str
+      state:
+        description:
+          - As O(state); default the top-level O(state).
+        type: str
+        choices: [present, running, shutdown, destroyed, paused, absent, rebooted]
+      memory:
+        description:
+          - As O(memory).
+        type: int
+      vcpus:
+        description:
+          - As O(vcpus).
+        type: int
+      autostart:
+        description:
+          - As O(autostart).
+        type: bool
+      title:
+        description:
+          - As O(title).
+        type: str
+      description:
+        description:
+          - As O(description).
+        type: str
+      shutdown_timeout:
+        description:
+          - As O(shutdown_timeout); default the top-level O(shutdown_timeout).
+        type: int
+      force:
+        description:
+          - As O(force); default the top-level O(force).
+        type: bool
+  parallel:
+    description:
+      - With O(domains), how many domains change at once. Their transitions mostly wait for the guests
+        (an ACPI shutdown, a boot), so a fleet shuts down or boots in about the time of one domain as long
+        as it is no larger than this.
+    type: int
+    default: 32
   state:
     description:
       - V(present) defines or updates the domain and leaves it running or not as it is (a new domain is not
@@ -135,6 +206,21 @@ options:
         domain is not started and the error names the dependent disks."
     type: bool
     default: false
+  boot_marker:
+    description:
+      - A regular expression (Python C(re)) the guest prints on its serial console when it is up, for
+        example V(login:) or a line of your own.
+      - When this task starts (or reboots) the domain, it then waits until the pattern appears in what the
+        domain's first C(<serial type='file'>) log gained since the start, up to O(boot_timeout) seconds
+        (then the task fails; the domain stays started). What the log held before never counts.
+      - The log is read on the managed host, so the URI must be a local one. A domain to start without such
+        a console is refused before anything changes.
+    type: str
+  boot_timeout:
+    description:
+      - Seconds to wait for O(boot_marker) after a start or reboot.
+    type: int
+    default: 180
 notes:
   - A change to the persistent config of a running domain takes effect at its next start (a full
     shutdown and start; a reboot keeps the running config). RV(pending_restart) then is V(true).
@@ -176,6 +262,27 @@ EXAMPLES = r"""
     force: true
   when: web1.pending_restart
 
+- name: Define a domain from XML; the name is the XML's <name> (community.libvirt's command=define)
+  virtops.kvm.kvm_domain:
+    xml: "{{ lookup('ansible.builtin.file', 'web2.xml') }}"
+
+- name: Shut a fleet down in one task (concurrently; a guest that ignores ACPI fails alone)
+  virtops.kvm.kvm_domain:
+    domains:
+      - name: stu01
+      - name: stu02
+      - name: stu03
+        force: true
+    state: shutdown
+    shutdown_timeout: 60
+
+- name: Start a fleet and wait until every guest prints its login prompt on the serial console
+  virtops.kvm.kvm_domain:
+    domains: [{name: stu01}, {name: stu02}, {name: stu03}]
+    state: running
+    boot_marker: "login:"
+    boot_timeout: 300
+
 - name: Remove a clone and the overlay kvm_clone created for it (never the base)
   virtops.kvm.kvm_domain:
     name: web1
@@ -186,7 +293,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changes:
-  description: What was (or in check mode would be) done, in order; empty when nothing changed.
+  description:
+    - What was (or in check mode would be) done, in order; empty when nothing changed.
+    - "With O(domains), every item's changes, each prefixed by the domain's name (V(web1: start))."
   returned: always
   type: list
   elements: str
@@ -194,19 +303,47 @@ changes:
 pending_restart:
   description:
     - Whether the domain runs with an older config than its persistent one (it gets it at its next start).
+    - With O(domains), whether any of them does.
   returned: always
   type: bool
   sample: true
 removed_files:
-  description: The disk files deleted by O(state=absent) with O(remove_storage) (in check mode, to be deleted).
+  description:
+    - The disk files deleted by O(state=absent) with O(remove_storage) (in check mode, to be deleted).
+    - With O(domains), those of every item.
   returned: always
   type: list
   elements: str
   sample: [/var/lib/libvirt/images/web1.qcow2]
+domains:
+  description:
+    - With O(domains), one entry per item, in order. Each has the item's C(name) and what a task with
+      O(name) returns (C(changed), C(changes), C(pending_restart), C(removed_files), C(domain)).
+    - An item that failed also has C(failed=true), C(msg) and C(error) (the error type); its C(domain) is
+      the domain as it is after the failure.
+  returned: with O(domains)
+  type: list
+  elements: dict
+  sample:
+    - name: stu01
+      changed: true
+      changes: [shutdown]
+      pending_restart: false
+      removed_files: []
+      domain: {name: stu01, state: shutoff}
+    - name: stu02
+      changed: true
+      changes: [shutdown]
+      pending_restart: false
+      removed_files: []
+      domain: {name: stu02, state: running}
+      failed: true
+      msg: Domain stu02 did not shut down within 60 s of the ACPI power button request ...
+      error: TimeoutExpired
 domain:
   description:
     - The domain after the task (in check mode, as it is now); null when it is not defined.
-  returned: always
+  returned: with O(name) or O(xml)
   type: dict
   contains:
     name: {description: Name., type: str, returned: always, sample: web1}

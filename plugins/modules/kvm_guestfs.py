@@ -20,6 +20,8 @@ description:
     O(mount_point) (the course's C(-o nonempty) case included); unmounting waits until guestmount has exited.
   - One appliance launch takes about 20 seconds under software emulation (more with OS inspection), so put all
     the paths of one guest in one task, and give O(mounts) when the devices are known.
+  - O(domains) reads the same paths from several domains in that one launch (libguestfs takes many drives in one
+    appliance); each domain is mounted in turn and its results are returned under its name (RV(domains)).
 author:
   - virtops.kvm developers (@virtops)
 extends_documentation_fragment:
@@ -43,8 +45,25 @@ options:
       - Name of the libvirt domain whose disks are read, taken from its inactive XML (file and block disks,
         not CD-ROMs), in the domain's order.
       - A qcow2 overlay is read through its backing chain (libguestfs follows it).
-      - Mutually exclusive with O(disks). One of them is required unless O(state=unmounted).
+      - Mutually exclusive with O(disks) and O(domains). One of them is required unless O(state=unmounted).
     type: str
+  domains:
+    description:
+      - Names of several libvirt domains to read O(paths) and O(list_dirs) from, in ONE appliance launch. The
+        disks of all of them are added to the appliance, then each domain's filesystems are mounted in turn,
+        read and unmounted. Only with O(state=read).
+      - Every domain must be defined (an unknown name fails the task before the launch), and none may be running
+        unless O(allow_running=true).
+      - O(mounts) names each guest's devices as its own (its first disk is V(/dev/sda) whatever its place in the
+        appliance). Without O(mounts), inspection runs once for all of them and each domain gets the operating
+        system found on its own disks (for clones of one template, C(UUID=) and C(LABEL=) in a guest's fstab
+        are taken as that guest's own disks).
+      - The results are in RV(domains), keyed by domain name; RV(files), RV(dirs) and RV(inspection) are then
+        empty. With O(dest), each domain's files are copied below C(DEST/<domain name>/).
+      - A domain that cannot be mounted or read does not stop the others; the task fails at the end naming
+        each problem, with every result.
+    type: list
+    elements: str
   disks:
     description:
       - Disk image paths on the managed host, instead of O(domain). Each item is a path, or a dict with
@@ -176,6 +195,18 @@ EXAMPLES = r"""
     max_size: 4194304
     dest: /srv/guest-copies/web01
 
+- name: Read /etc/hostname of three shut-off clones in ONE appliance launch
+  virtops.kvm.kvm_guestfs:
+    domains: [stu01, stu02, stu03]
+    paths: [/etc/hostname]
+    mounts:
+      /dev/sda1: /  # each guest's own first disk
+  register: fleet_files
+
+- name: Show what stu02 holds
+  ansible.builtin.debug:
+    msg: "{{ fleet_files.domains.stu02.files['/etc/hostname'].content }}"
+
 - name: Look at a running domain anyway (read-only; content may be inconsistent)
   virtops.kvm.kvm_guestfs:
     domain: web01
@@ -242,6 +273,23 @@ inspection:
     version: "12.0"
     hostname: web01
     mountpoints: {"/": /dev/sda1}
+domains:
+  description:
+    - With O(domains), per domain name, what O(domain) returns for it - C(files), C(dirs) and C(inspection)
+      as described above, and C(error) when the domain's filesystems could not be mounted.
+  returned: with O(domains)
+  type: dict
+  sample:
+    stu01:
+      files: {/etc/hostname: {exists: true, content: "stu01\n", size: 6, mode: "0644", owner: root, group: root,
+                              uid: 0, gid: 0, mtime: 1716460000, sha256: 5b8e...}}
+      dirs: {}
+      inspection: null
+    stu02:
+      files: {/etc/hostname: {exists: true, content: "stu02\n", size: 6, mode: "0644", owner: root, group: root,
+                              uid: 0, gid: 0, mtime: 1716460000, sha256: 9a1c...}}
+      dirs: {}
+      inspection: null
 appliance:
   description: How the libguestfs appliance ran. C(launches) is 1 for every O(state=read) run.
   returned: when O(state=read)

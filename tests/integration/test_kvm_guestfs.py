@@ -234,3 +234,25 @@ def test_mount_then_unmount_each_four_ways(world):
             subprocess.run(["guestunmount", str(mp)], check=False)
             time.sleep(2)
     assert guestlib.sha256(world["base"]) == world["base_sha"]
+
+
+def test_read_several_domains_in_one_launch(world, conn):
+    """domains: the disks of two shut-off domains in ONE appliance, each read as its own guest."""
+    plain = f"{world['prefix']}-plain"
+    disk = guestlib.make_overlay(world["base"], world["scratch"] / "plain.qcow2")
+    conn.defineXML(guestlib.domain_xml(plain, disk, world["scratch"] / "plain-serial.log", kind="disk"))
+    args = {"domains": [world["domain"], plain], "paths": ["/etc/hostname", "/etc/virtops-note.txt"]}
+    r = run_module("kvm_guestfs", args)
+    assert not r.get("failed"), r.get("msg")
+    assert r["appliance"]["launches"] == 1 and r["changed"] is False
+    mine, other = r["domains"][world["domain"]], r["domains"][plain]
+    assert mine["files"]["/etc/virtops-note.txt"]["content"] == NOTE
+    assert other["files"]["/etc/virtops-note.txt"] == {"exists": False}  # its own disk, not the first one's
+    assert mine["files"]["/etc/hostname"]["content"] == other["files"]["/etc/hostname"]["content"] == "virtops-base\n"
+    # each guest's one filesystem, found on its own drive of the shared appliance
+    assert mine["inspection"]["mountpoints"] == {"/": "/dev/sda1"}
+    assert other["inspection"]["mountpoints"] == {"/": "/dev/sdb1"}
+    assert r["files"] == {} and r["dirs"] == {}
+    # an unknown domain fails before the launch, naming it
+    r = run_module("kvm_guestfs", {"domains": [plain, f"{world['prefix']}-nope"], "paths": ["/etc/hostname"]})
+    assert r.get("failed") and r["error"] == "DomainNotFound" and f"{world['prefix']}-nope" in r["msg"]

@@ -8,5 +8,8 @@
 - transitions.py: the lifecycle state machine (start, shutdown with a bounded wait, reboot, pause, destroy)
 - disks.py: the disk rules (no start of a clone base, no removal of storage in use) from one HostScan
 - removal.py: state=absent (storage plan, shutdown, undefine, delete the planned files)
-- manager.py: DomainManager, kvm_domain's work (compare, then act, then the result and diff)
+- boot.py: the wait for a boot marker on the serial console log after a start
+- converge.py: DomainRun, one domain brought to its config and state (compare, then act, then its result and diff)
+- batch.py: the domains option: every item planned from one host scan, then acted on concurrently
+- manager.py: DomainManager, kvm_domain's work (one DomainRun, or a batch)
 """

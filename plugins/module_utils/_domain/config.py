@@ -26,11 +26,21 @@ from ansible_collections.virtops.kvm.plugins.module_utils._scan import gone
 TARGETED = ("memory", "vcpus", "title", "description")
 
 
-def validate(p: dict):
-    """Check every option that does not need libvirt; returns the parsed XML (with its <name>) or None."""
+def validate(p: dict) -> tuple:
+    """Check every option that does not need libvirt; returns (name, the parsed XML with its <name> or None).
+
+    Without ``name`` the name is the XML's ``<name>``.
+    """
     name = p["name"]
+    root = dx.parse(p["xml"]) if p["xml"] else None
+    xml_name = dx.name_of(root) if root is not None else None
+    if name is None and xml_name:
+        name = xml_name
     if not name or "/" in name:
-        raise InvalidInput(f"The domain name {name!r} is not valid.", hint="Give a non-empty name without '/'.")
+        hint = "Give a non-empty name without '/'."
+        if p["name"] is None:
+            hint = "Give the name option, or a <name> in the xml option."
+        raise InvalidInput(f"The domain name {name!r} is not valid.", hint=hint)
     if p["memory"] is not None and (not isinstance(p["memory"], int) or p["memory"] < 1):
         raise InvalidInput(
             f"memory must be a whole number of MiB of at least 1, not {p['memory']!r}.",
@@ -40,10 +50,8 @@ def validate(p: dict):
         raise InvalidInput(f"vcpus must be a whole number from 1 to 4096, not {p['vcpus']!r}.")
     if p["shutdown_timeout"] is None or p["shutdown_timeout"] < 0:
         raise InvalidInput(f"shutdown_timeout must be 0 or more seconds, not {p['shutdown_timeout']!r}.")
-    if not p["xml"]:
-        return None
-    root = dx.parse(p["xml"])
-    xml_name = dx.name_of(root)
+    if root is None:
+        return name, None
     if xml_name is None:
         el = _deps.etree.Element("name")
         el.text = name
@@ -53,7 +61,7 @@ def validate(p: dict):
             f"The XML names the domain {xml_name!r} but the name option is {name!r}.",
             hint="Make <name> in the XML and the name option the same (to rename, define a new domain).",
         )
-    return root
+    return name, root
 
 
 def apply_targeted(root, p: dict) -> None:
@@ -204,7 +212,7 @@ class Config:
         wanted = self.p["autostart"]
         if wanted is None:
             return
-        current = bool(dom.autostart()) if dom is not None else False
+        current = self.ctx.autostart(dom) if dom is not None else False
         if current != wanted:
             self.ctx.note(f"autostart: {current} -> {wanted}")
             if not self.ctx.check_mode:
@@ -214,7 +222,7 @@ class Config:
         """title/description also on the running domain: they need no restart."""
         lv = _deps.libvirt
         ctx = self.ctx
-        if dom is None or not dom.isActive():
+        if dom is None or (self.p["title"] is None and self.p["description"] is None) or not ctx.active(dom):
             return
         live = ctx.live_root(dom)
         for tag, kind in (("title", lv.VIR_DOMAIN_METADATA_TITLE), ("description", lv.VIR_DOMAIN_METADATA_DESCRIPTION)):

@@ -8,10 +8,16 @@ suspended one woken before it can act on ACPI, a crashed one destroyed before
 it starts. A shutdown waits up to ``timeout`` seconds (then fails, or with
 ``force`` powers off); a reboot waits for libvirt's reboot event (then fails,
 or with ``force`` resets). In check mode every step is noted, none is made.
+
+Several domains may move at once (a kvm_domain batch runs one ``Transitions``
+per domain in its own thread): libvirt's default event loop may only be run
+by one thread at a time, so the reboot waits take turns at it (``_PUMP``) and
+each reads the events of its own domain.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -33,10 +39,22 @@ from ansible_collections.virtops.kvm.plugins.module_utils._scan import (
 # Seconds between two looks at a domain that is shutting down (and the event loop's tick).
 POLL = 0.25
 
+# Held by the thread that runs an iteration of libvirt's default event loop.
+_PUMP = threading.Lock()
+
 
 def register_events() -> None:
     """Reboot completion is an event: the loop must exist before the connection opens."""
     _deps.libvirt.virEventRegisterDefaultImpl()
+
+
+def pump_events() -> None:
+    """One iteration of libvirt's event loop, unless another thread is running one (then wait a tick)."""
+    if _PUMP.acquire(timeout=POLL):
+        try:
+            _deps.libvirt.virEventRunDefaultImpl()
+        finally:
+            _PUMP.release()
 
 
 class Transitions:
@@ -175,7 +193,7 @@ class Transitions:
             while self.clock() < deadline:
                 if "reboot" in seen or (lv.VIR_DOMAIN_EVENT_STOPPED in seen and lv.VIR_DOMAIN_EVENT_STARTED in seen):
                     break
-                lv.virEventRunDefaultImpl()
+                pump_events()
             else:
                 if self.force:
                     ctx.note("reset after timeout")

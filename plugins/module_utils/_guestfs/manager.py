@@ -6,15 +6,18 @@ One ``HostScan`` per run answers both "which disks has this domain" and
 daemon, no domain of that URI can run, so the images are still read (with a
 warning). ``handle_factory`` makes the libguestfs handles (a fake one in the
 unit tests); guestmount and guestunmount run through ``self.runner``.
+
+With ``domains``, the disks of several shut-off domains are added to the one
+appliance and each domain is read in turn (``read_guests``): one launch for
+a whole fleet's verification instead of one per domain.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
     DaemonNotRunning,
@@ -22,6 +25,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     GuestfsError,
     InvalidInput,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import parts_of
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import (
     RUNNING_WARNING,
     backend_env,
@@ -34,9 +38,13 @@ from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import
     running_users,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.mount import GuestMount
-from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.read import DEFAULT_MAX_SIZE, read_guest
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.read import (
+    DEFAULT_MAX_SIZE,
+    read_guest,
+    read_guests,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession
-from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager, Runner, Which
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 _INSTALL_HINT = "Install libguestfs-tools (Debian/Ubuntu) or guestfs-tools / libguestfs-tools-c (Fedora/RHEL)."
@@ -47,6 +55,7 @@ class GuestfsManager(Manager):
 
     ARGUMENT_SPEC = dict(
         domain=dict(type="str"),
+        domains=dict(type="list", elements="str"),
         disks=dict(type="list", elements="raw"),
         paths=dict(type="list", elements="str", default=[]),
         list_dirs=dict(type="list", elements="str", default=[]),
@@ -61,9 +70,10 @@ class GuestfsManager(Manager):
         unmount_timeout=dict(type="int", default=120),
     )
     MODULE_OPTIONS = dict(
+        # domains excludes both as well (checked in run(): the spec keeps its documented pair)
         mutually_exclusive=[("domain", "disks")],
         required_if=[
-            ("state", "read", ("domain", "disks"), True),
+            ("state", "read", ("domain", "disks", "domains"), True),
             ("state", "mounted", ("domain", "disks"), True),
             ("state", "mounted", ("mount_point",)),
             ("state", "unmounted", ("mount_point",)),
@@ -76,25 +86,18 @@ class GuestfsManager(Manager):
         """Unmounting is guestunmount and /proc only: no library."""
         return () if params.get("state") == "unmounted" else cls.LIBRARIES
 
-    def __init__(
-        self,
-        params: dict,
-        connection: Connection | None = None,
-        check_mode: bool = False,
-        *,
-        runner: Runner | None = None,
-        which: Which | None = None,
-        handle_factory: Callable | None = None,
-    ):
-        super().__init__(params, connection, check_mode, runner=runner, which=which)
-        self.handle_factory = handle_factory
+    #: handle_factory: makes libguestfs handles (unit tests give a fake one)
+    SEAMS = dict(handle_factory=None)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.force_tcg = False
         self.tcg_reason: str | None = None
 
     # -- source and safety
 
-    def _domain_drives(self, scan: HostScan) -> list[dict]:
-        name = self.p["domain"]
+    def _domain_drives(self, scan: HostScan, name: str | None = None) -> list[dict]:
+        name = name or self.p["domain"]
         found = scan.get(name)
         if found is None:
             raise DomainNotFound(
@@ -105,12 +108,33 @@ class GuestfsManager(Manager):
         self.warnings.extend(skipped)
         return drives
 
+    def groups(self) -> list[tuple[str, list[dict]]]:
+        """``domains``: (name, drives) per domain, in order, checked like ``source()``; one scan for all."""
+        names = list(dict.fromkeys(self.p["domains"]))
+        if not names:
+            raise InvalidInput("The domains option is empty.", hint="List at least one domain name.")
+        scan = HostScan.take(self.conn)
+        missing = [n for n in names if n not in scan]
+        if missing:
+            raise DomainNotFound(
+                f"Domain(s) {', '.join(missing)} not defined at {self.uri}; nothing was read.",
+                hint="Check the names with 'virsh list --all' (and the uri option).",
+            )
+        groups = [(n, self._domain_drives(scan, n)) for n in names]
+        self._check_running(scan, [d for _n, drives in groups for d in drives])
+        self._decide_tcg(self.conn)
+        return groups
+
     def _check_running(self, scan: HostScan, drives: list[dict]) -> None:
         users = running_users(scan, [d["path"] for d in drives])
         if not users:
             return
         names = sorted({u["domain"] for u in users})
-        what = f"domain {self.p['domain']}'s disks" if self.p["domain"] else "these disks"
+        what = "these disks"
+        if self.p["domain"]:
+            what = f"domain {self.p['domain']}'s disks"
+        elif self.p.get("domains"):
+            what = "the disks of these domains"
         if not self.p["allow_running"]:
             raise running_refusal(what, names)
         self.warn(RUNNING_WARNING.format(names=", ".join(names)))
@@ -159,9 +183,19 @@ class GuestfsManager(Manager):
                         f"{opt} is only used with state=read (state is {state}).",
                         hint="Read files in a separate task with state=read, or through the mount_point.",
                     )
+        several = self.p.get("domains") is not None
+        if several and (self.p["domain"] or self.p["disks"]):
+            raise InvalidInput("domains cannot be combined with domain or disks.", hint="Give one of the three.")
+        if several and state != "read":
+            raise InvalidInput(
+                "domains is only used with state=read; a guestmount shows one domain.",
+                hint="Use domain to mount one of them.",
+            )
         if state == "unmounted":
             return self.unmounted()
         mounts = check_mounts(self.p["mounts"])
+        if several:
+            return self.read_domains(self.groups(), mounts)
         drives = self.source()
         if state == "mounted":
             return self.mounted(drives, mounts)
@@ -169,16 +203,28 @@ class GuestfsManager(Manager):
 
     def read(self, drives: list[dict], mounts: dict | None) -> dict:
         with self.session(drives) as s:
-            result = read_guest(
-                s,
-                paths=self.p["paths"],
-                list_dirs=self.p["list_dirs"],
-                mounts=mounts,
-                max_size=self.p["max_size"],
-                fail_missing=self.p["fail_missing"],
-                dest=self.p["dest"],
-                check_mode=self.check_mode,
-            )
+            result = read_guest(s, mounts=mounts, **self._read_options())
+        return self._read_result(result)
+
+    def read_domains(self, groups: list[tuple[str, list[dict]]], mounts: dict | None) -> dict:
+        """Every domain's drives in one launch, each domain read in turn; results keyed by domain."""
+        with self.session([d for _n, drives in groups for d in drives]) as s:
+            result = read_guests(s, parts_of(groups), mounts=mounts, **self._read_options())
+        return self._read_result(result)
+
+    def _read_options(self) -> dict:
+        p = self.p
+        return dict(
+            paths=p["paths"],
+            list_dirs=p["list_dirs"],
+            max_size=p["max_size"],
+            fail_missing=p["fail_missing"],
+            dest=p["dest"],
+            check_mode=self.check_mode,
+        )
+
+    @staticmethod
+    def _read_result(result: dict) -> dict:
         result.pop("warnings_list")  # the session's warnings, already taken by self.session()
         result.update(mounted=False, mount_point=None)
         return result

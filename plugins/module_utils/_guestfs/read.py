@@ -5,7 +5,8 @@ A file is read whole or not at all: one larger than ``max_size`` is never
 truncated, it gets an ``error`` that says its size. Per-path problems do not
 stop the other reads; the run fails at the end naming each one, with the
 full result attached. Copies below ``dest`` are the only thing a read run
-changes, and only when their content or mode differs.
+changes, and only when their content or mode differs. ``read_guests`` does
+the same for several domains whose drives share one launch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import stat
 import tempfile
 from collections.abc import Iterable
 
+from ansible_collections.virtops.kvm.plugins.module_utils._domain_xml import validate_name
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput, StorageError
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import Part
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import require_absolute
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession, runtime_message
 
@@ -203,6 +206,70 @@ def write_dest(dest: str, guest_path: str, data: bytes, mode: str, check_mode: b
 # --------------------------------------------------------------------------- one read run
 
 
+def _checked(paths: Iterable[str], list_dirs: Iterable[str], dest: str | None) -> tuple[list[str], list[str]]:
+    paths = [require_absolute(p, "path in paths") for p in paths]
+    list_dirs = [require_absolute(p, "path in list_dirs") for p in list_dirs]
+    if dest is not None:
+        require_absolute(dest, "dest")
+    return paths, list_dirs
+
+
+def _read_mounted(
+    reader: GuestReader, paths, list_dirs, max_size, fail_missing, dest, check_mode, warn
+) -> tuple[dict, dict, list[str], list[str]]:
+    """Every path and listing of the mounted guest: (files, dirs, problems, dest files written)."""
+    files, dirs, problems, dest_changes = {}, {}, [], []
+    for path in dict.fromkeys(paths):
+        entry, data = reader.read(path, max_size)
+        if entry.get("error"):
+            problems.append(entry["error"])
+        elif not entry["exists"]:
+            if fail_missing:
+                entry["error"] = f"{path} does not exist in the guest (fail_missing: true)."
+                problems.append(entry["error"])
+        elif dest is not None:
+            entry["dest"], changed = write_dest(dest, path, data, entry["mode"], check_mode)
+            if changed:
+                dest_changes.append(entry["dest"])
+        files[path] = entry
+    for path in dict.fromkeys(list_dirs):
+        names, error = reader.list_dir(path)
+        if error:
+            problems.append(error)
+        elif names is None:
+            if fail_missing:
+                problems.append(f"Directory {path} does not exist in the guest (fail_missing: true).")
+            else:
+                warn(f"Directory {path} does not exist in the guest.")
+        dirs[path] = names
+    return files, dirs, problems, dest_changes
+
+
+def _prefixed(warnings: list, name: str):
+    return lambda message: warnings.append(f"{name}: {message}")
+
+
+def _appliance(session: GuestfsSession) -> dict:
+    return dict(
+        launches=session.launches,
+        backend=session.backend,
+        force_tcg=session.force_tcg,
+        force_tcg_reason=session.tcg_reason,
+    )
+
+
+def _finish(result: dict, dest: str | None, dest_changes: list[str], problems: list[str], what: str) -> dict:
+    """The diff of the dest copies; the run's failure when any path could not be read."""
+    if dest is not None:
+        result["diff"] = dict(before={"dest_files": []}, after={"dest_files": dest_changes})
+    if problems:
+        raise GuestfsError(
+            f"{len(problems)} of the requested {what} could not be read: " + " | ".join(problems),
+            **{k: v for k, v in result.items() if k != "warnings_list"},
+        )
+    return result
+
+
 def read_guest(
     session: GuestfsSession,
     paths: Iterable[str] = (),
@@ -219,55 +286,73 @@ def read_guest(
     with fail_missing) do not stop the other reads: every path gets its entry,
     then the run fails naming each problem, with the full result attached.
     """
-    paths = [require_absolute(p, "path in paths") for p in paths]
-    list_dirs = [require_absolute(p, "path in list_dirs") for p in list_dirs]
-    if dest is not None:
-        require_absolute(dest, "dest")
+    paths, list_dirs = _checked(paths, list_dirs, dest)
     with session:
         inspection = session.mount(mounts)
-        reader = GuestReader(session.g)
-        files, dirs, problems, dest_changes = {}, {}, [], []
-        for path in dict.fromkeys(paths):
-            entry, data = reader.read(path, max_size)
-            if entry.get("error"):
-                problems.append(entry["error"])
-            elif not entry["exists"]:
-                if fail_missing:
-                    entry["error"] = f"{path} does not exist in the guest (fail_missing: true)."
-                    problems.append(entry["error"])
-            elif dest is not None:
-                entry["dest"], changed = write_dest(dest, path, data, entry["mode"], check_mode)
-                if changed:
-                    dest_changes.append(entry["dest"])
-            files[path] = entry
-        for path in dict.fromkeys(list_dirs):
-            names, error = reader.list_dir(path)
-            if error:
-                problems.append(error)
-            elif names is None:
-                if fail_missing:
-                    problems.append(f"Directory {path} does not exist in the guest (fail_missing: true).")
-                else:
-                    session.warnings.append(f"Directory {path} does not exist in the guest.")
-            dirs[path] = names
+        files, dirs, problems, dest_changes = _read_mounted(
+            GuestReader(session.g), paths, list_dirs, max_size, fail_missing, dest, check_mode, session.warnings.append
+        )
     result = dict(
         changed=bool(dest_changes),
         files=files,
         dirs=dirs,
         inspection=inspection,
         warnings_list=list(session.warnings),
-        appliance=dict(
-            launches=session.launches,
-            backend=session.backend,
-            force_tcg=session.force_tcg,
-            force_tcg_reason=session.tcg_reason,
-        ),
+        appliance=_appliance(session),
     )
+    return _finish(result, dest, dest_changes, problems, "paths")
+
+
+def read_guests(
+    session: GuestfsSession,
+    parts: list[Part],
+    paths: Iterable[str] = (),
+    list_dirs: Iterable[str] = (),
+    mounts: dict | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    fail_missing: bool = False,
+    dest: str | None = None,
+    check_mode: bool = False,
+) -> dict:
+    """Several domains from one launch: each mounted in turn (``parts``), read, unmounted.
+
+    The result's ``domains`` maps each domain to its ``files``, ``dirs`` and
+    ``inspection``; ``mounts`` name each guest's devices as its own, and
+    ``dest`` gets one directory per domain. A domain that cannot be mounted
+    or read does not stop the others; the run fails at the end naming each
+    problem, with the full result attached.
+    """
+    paths, list_dirs = _checked(paths, list_dirs, dest)
     if dest is not None:
-        result["diff"] = dict(before={"dest_files": []}, after={"dest_files": dest_changes})
-    if problems:
-        raise GuestfsError(
-            f"{len(problems)} of the requested paths could not be read: " + " | ".join(problems),
-            **{k: v for k, v in result.items() if k != "warnings_list"},
-        )
-    return result
+        for part in parts:
+            validate_name(part.name, "domain name (a directory below dest)")
+    domains, problems, dest_changes = {}, [], []
+    with session:
+        session.launch()
+        for part in parts:
+            warn = _prefixed(session.warnings, part.name)
+            try:
+                inspection = session.mount(mounts, part, parts)
+            except GuestfsError as exc:
+                problems.append(f"{part.name}: {exc.message}")
+                domains[part.name] = dict(files={}, dirs={}, inspection=None, error=exc.message)
+                session.unmount_all()
+                continue
+            own_dest = os.path.join(dest, part.name) if dest is not None else None
+            files, dirs, own, written = _read_mounted(
+                GuestReader(session.g), paths, list_dirs, max_size, fail_missing, own_dest, check_mode, warn
+            )
+            session.unmount_all()
+            problems.extend(f"{part.name}: {p}" for p in own)
+            dest_changes.extend(written)
+            domains[part.name] = dict(files=files, dirs=dirs, inspection=inspection)
+    result = dict(
+        changed=bool(dest_changes),
+        files={},
+        dirs={},
+        inspection=None,
+        domains=domains,
+        warnings_list=list(session.warnings),
+        appliance=_appliance(session),
+    )
+    return _finish(result, dest, dest_changes, problems, "paths of the domains")

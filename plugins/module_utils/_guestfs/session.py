@@ -10,6 +10,10 @@ One appliance launch costs ~20 s under software emulation, so one session
 serves every path of a run, mounts by device when the caller knows them, and
 runs OS inspection only when it does not. The libguestfs handle comes from a
 factory (``handle_factory``), so all of this is testable with a fake handle.
+
+The drives of several domains may share the one launch: each domain is then
+a ``Part`` of the appliance (devices.py), mounted in turn (``mount(part=)``,
+then ``unmount_all``), with inspection run once for all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import Part
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import TCG_HINT, mount_order
 
 # Filesystem types list_filesystems reports that can never be a guest's root.
@@ -56,6 +61,7 @@ class GuestfsSession:
         self.launches = 0
         self.warnings: list[str] = []
         self.backend = None
+        self._roots: list[str] | None = None
 
     # -- lifecycle
 
@@ -114,13 +120,27 @@ class GuestfsSession:
     def filesystems(self) -> dict[str, str]:
         return dict(self.g.list_filesystems())
 
-    def mount(self, mounts: dict | None = None) -> dict | None:
-        """Mount the guest's filesystems read-only; return the inspection findings (None for ``mounts``)."""
+    def mount(self, mounts: dict | None = None, part: Part | None = None, parts: list | None = None) -> dict | None:
+        """Mount the guest's filesystems read-only; return the inspection findings (None for ``mounts``).
+
+        With ``part``, the guest is the domain whose drives are that part of
+        the appliance (of all ``parts``): ``mounts`` name its devices as its
+        own (its first disk is /dev/sda), and inspection looks at it alone.
+        """
         self.launch()
         if mounts:
+            if part is not None:
+                mounts = {part.own(dev): mp for dev, mp in mounts.items()}
             self._mount_all(mounts, "mounts option")
             return None
-        return self._inspect_and_mount()
+        return self._inspect_and_mount(part, parts or [])
+
+    def unmount_all(self) -> None:
+        """Unmount everything (before the next domain of a shared launch is mounted)."""
+        try:
+            self.g.umount_all()
+        except RuntimeError as exc:
+            raise GuestfsError(f"Unmounting the guest's filesystems failed: {runtime_message(exc)}") from exc
 
     def _mount_all(self, mounts: dict, where: str) -> None:
         for mp, dev in mount_order(mounts):
@@ -140,12 +160,20 @@ class GuestfsSession:
             return "unknown"
         return ", ".join(f"{d} ({t})" for d, t in sorted(fss.items())) or "none"
 
-    def _inspect_and_mount(self) -> dict:
+    def _inspect(self) -> list[str]:
+        """The operating systems' root devices (inspection runs once per launch)."""
+        if self._roots is None:
+            try:
+                self._roots = list(self.g.inspect_os())
+            except RuntimeError as exc:
+                raise GuestfsError(f"libguestfs inspection failed: {runtime_message(exc)}") from exc
+        return self._roots
+
+    def _inspect_and_mount(self, part: Part | None = None, parts: list | None = None) -> dict:
         g = self.g
-        try:
-            roots = list(g.inspect_os())
-        except RuntimeError as exc:
-            raise GuestfsError(f"libguestfs inspection failed: {runtime_message(exc)}") from exc
+        roots = self._inspect()
+        if part is not None:
+            roots = [r for r in roots if part.owns(r)]
         if roots:
             root = roots[0]
             if len(roots) > 1:
@@ -154,6 +182,8 @@ class GuestfsSession:
                     "Give mounts to choose another."
                 )
             mountpoints = dict(g.inspect_get_mountpoints(root))
+            if part is not None:
+                mountpoints = {mp: part.local(dev, parts or []) for mp, dev in mountpoints.items()}
             for mp, dev in mount_order({dev: mp for mp, dev in mountpoints.items()}):
                 try:
                     g.mount_ro(dev, mp)
@@ -171,7 +201,7 @@ class GuestfsSession:
                 hostname=g.inspect_get_hostname(root),
                 mountpoints=mountpoints,
             )
-        dev, _fstype = self.single_filesystem()
+        dev, _fstype = self.single_filesystem(part)
         self._mount_all({dev: "/"}, "single filesystem")
         return dict(
             method="single-filesystem",
@@ -184,10 +214,12 @@ class GuestfsSession:
             mountpoints={"/": dev},
         )
 
-    def single_filesystem(self) -> tuple[str, str]:
+    def single_filesystem(self, part: Part | None = None) -> tuple[str, str]:
         """The fallback when inspection finds no OS: the one mountable filesystem, or a clear error."""
         self.launch()
-        candidates = {d: t for d, t in self.filesystems().items() if t not in _NOT_MOUNTABLE}
+        candidates = {
+            d: t for d, t in self.filesystems().items() if t not in _NOT_MOUNTABLE and (part is None or part.owns(d))
+        }
         if len(candidates) == 1:
             return next(iter(candidates.items()))
         raise GuestfsError(

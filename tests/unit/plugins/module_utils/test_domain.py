@@ -9,9 +9,9 @@ import libvirt
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _scan as scan_module
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._domain import info
-from ansible_collections.virtops.kvm.plugins.module_utils._domain import manager as manager_module
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.context import DomainContext
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import (
     DomainInfoManager,
@@ -30,20 +30,6 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, state_name
 
 URI = "test:///default"
-
-
-@pytest.fixture(scope="module")
-def keeper():
-    # test:///default keeps its state only while a connection is open
-    c = Connection(URI)
-    assert c.conn is not None
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def conn(keeper):
-    return keeper.conn
 
 
 @pytest.fixture
@@ -432,7 +418,7 @@ def test_one_host_scan_per_run_and_only_when_needed(conn, name, tmp_path, monkey
             taken.append(1)
             return real_take(c)
 
-    monkeypatch.setattr(manager_module, "HostScan", Counted)
+    monkeypatch.setattr(scan_module, "HostScan", Counted)
     a, b = _qcow2(tmp_path / "a.qcow2"), _qcow2(tmp_path / "b.qcow2")
     second = f"<disk type='file' device='disk'><source file='{b}'/><target dev='vdb' bus='virtio'/></disk>"
     run(name, xml=xml(name, disk=a).replace("<interface", second + "<interface"))

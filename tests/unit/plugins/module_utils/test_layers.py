@@ -26,6 +26,8 @@ ALLOWED = {
     "_xml_compare": {"_deps", "_domain_xml"},
     "_storage": {"_errors"},
     "_scan": {"_deps", "_errors", "_connection", "_domain_xml", "_storage"},
+    "_network_xml": {"_deps", "_errors", "_domain_xml"},
+    "_dhcp": {"_deps", "_errors", "_connection", "_network_xml"},
     "_host": {"_deps", "_errors", "_connection", "_manager"},
     "_domain": {
         "_deps",
@@ -38,8 +40,22 @@ ALLOWED = {
         "_scan",
         "_host",
     },
-    "_clone": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan", "_host"},
+    "_clone": {
+        "_deps",
+        "_errors",
+        "_connection",
+        "_manager",
+        "_domain_xml",
+        "_storage",
+        "_scan",
+        "_host",
+        "_network_xml",
+        "_dhcp",
+    },
+    "_network": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan", "_network_xml", "_dhcp"},
     "_guestfs": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan", "_host"},
+    "_snapshot": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan"},
+    "_pool": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan"},
 }
 # Feature packages may use the host package only for its hardware verdict.
 HOST_PUBLIC = {"_host.probe"}

@@ -1,0 +1,49 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The kvm_fleet role's batch rule as a filter: its clones as ONE kvm_domain task's ``domains`` list.
+
+Pure Python on the controller, like fleet.py (whose input checks it shares); documented in
+plugins/filter/fleet_domain_items.yml.
+"""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.virtops.kvm.plugins.filter.fleet import _kind, _named_dicts, _names
+
+# What kvm_domain's batch (its domains option) takes from a clone of the fleet.
+DOMAIN_KEYS = ("state", "memory", "vcpus", "autostart")
+
+
+def fleet_domain_items(clones, names=None, default_state=None, state=None) -> list:
+    """The clones as kvm_domain's O(domains) wants them: name, state, memory, vcpus, autostart (when given).
+
+    Only the clones in ``names`` when it is given (those defined on the host); ``default_state`` for a clone
+    that gives no state; ``state`` for every clone, whatever it gives.
+    """
+    filt = "fleet_domain_items"
+    clones = _named_dicts(clones, filt, "the clones")
+    wanted = None if names is None else _names(names, filt, "names")
+    for what, value in (("default_state", default_state), ("state", state)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise AnsibleFilterError(f"{filt}: {what} must be a state name or null, got {_kind(value)}.")
+    items = []
+    for clone in clones:
+        if wanted is not None and clone["name"] not in wanted:
+            continue
+        item = {"name": clone["name"]}
+        item.update((k, clone[k]) for k in DOMAIN_KEYS if clone.get(k) is not None)
+        if state is not None:
+            item["state"] = state
+        elif "state" not in item and default_state is not None:
+            item["state"] = default_state
+        items.append(item)
+    return items
+
+
+class FilterModule:
+    """virtops.kvm's batch filter for the kvm_fleet role."""
+
+    def filters(self) -> dict:
+        return {"fleet_domain_items": fleet_domain_items}
