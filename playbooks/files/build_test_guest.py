@@ -103,6 +103,16 @@ fi
 [ "$host" = none ] || hostname "$host"
 # ACPI power button -> /etc/acpi/PWRF/00000080 (sync, unmount, poweroff -f).
 acpid -c /etc/acpi -l /dev/null
+# The marker promises that a power button press is acted on: acpid forks, and a
+# press that comes before it has opened the input device is lost (under a loaded
+# TCG host, `virsh shutdown` right after the marker then did nothing). Wait, at
+# most ~10 s, until it holds /dev/input/event* open.
+i=0
+while [ $i -lt 100 ]; do
+  p=$(pidof acpid) && ls -l /proc/$p/fd 2>/dev/null | grep -q /dev/input/event && break
+  sleep 0.1
+  i=$((i+1))
+done
 echo "{MARKER} hostname=$host" > /dev/ttyS0
 # Network, after the marker (a boot without a NIC is as fast as ever): a DHCP
 # client per NIC in the background; {UDHCPC_SCRIPT} sets the leased address and
