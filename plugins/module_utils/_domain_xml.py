@@ -135,6 +135,20 @@ def disk_source(disk_el) -> str | None:
     return src.get("file") or src.get("dev") or src.get("name") or src.get("volume")
 
 
+def set_disk_file(disk_el, path: str, fmt: str) -> None:
+    """Point a <disk> that has a <source> at image file ``path`` of format ``fmt``; libvirt re-reads its chain."""
+    src = disk_el.find("source")
+    src.set("file", path)
+    src.attrib.pop("index", None)
+    for bs in disk_el.findall("backingStore"):
+        disk_el.remove(bs)
+    drv = disk_el.find("driver")
+    if drv is None:
+        drv = _deps.etree.Element("driver", name="qemu")
+        disk_el.insert(0, drv)
+    drv.set("type", fmt)
+
+
 def disks(root) -> list[dict]:
     """The domain's disks as dicts: target, device, type, path, format, readonly, shareable."""
     out = []

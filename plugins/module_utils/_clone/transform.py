@@ -166,17 +166,7 @@ def _set_disks(devices, disk_map: dict[str, dict]) -> None:
         path = src.get("file") if src is not None else None
         if path is None or path not in disk_map:
             continue
-        new = disk_map[path]
-        src.set("file", new["path"])
-        if "index" in src.attrib:
-            del src.attrib["index"]
-        for bs in d.findall("backingStore"):
-            d.remove(bs)
-        drv = d.find("driver")
-        if drv is None:
-            drv = _deps.etree.Element("driver", name="qemu")
-            d.insert(0, drv)
-        drv.set("type", new["format"])
+        dx.set_disk_file(d, disk_map[path]["path"], disk_map[path]["format"])
 
 
 def _set_interfaces(devices, macs: list[str]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 
 # The embedded definitions whose disk sources are the snapshot's bases.
 _DEFINITIONS = ("domain", "inactiveDomain")
@@ -21,17 +20,7 @@ _DEFINITIONS = ("domain", "inactiveDomain")
 
 def parse(xml: str | bytes):
     """The ``<domainsnapshot>`` element of ``xml``."""
-    etree = _deps.etree
-    if isinstance(xml, str):
-        xml = xml.encode("utf-8")
-    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
-    try:
-        root = etree.fromstring(xml, parser)
-    except etree.XMLSyntaxError as exc:
-        raise InvalidInput(f"libvirt returned snapshot XML that is not well-formed: {exc.msg}.") from exc
-    if root.tag != "domainsnapshot":
-        raise InvalidInput(f"Snapshot XML has root element <{root.tag}>, expected <domainsnapshot>.")
-    return root
+    return dx.parse(xml, "snapshot XML", root_tag="domainsnapshot", dump="virsh snapshot-dumpxml")
 
 
 def _int(value: str | None) -> int | None:
@@ -136,14 +125,6 @@ def set_disk_source(domain_root, target: str, path: str, fmt: str) -> bool:
         src = disk.find("source")
         if tgt is None or tgt.get("dev") != target or src is None:
             continue
-        src.set("file", path)
-        src.attrib.pop("index", None)
-        for bs in disk.findall("backingStore"):
-            disk.remove(bs)
-        drv = disk.find("driver")
-        if drv is None:
-            drv = _deps.etree.Element("driver", name="qemu")
-            disk.insert(0, drv)
-        drv.set("type", fmt)
+        dx.set_disk_file(disk, path, fmt)
         return True
     return False
