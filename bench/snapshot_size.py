@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import guestlib  # noqa: E402
 import libvirt  # noqa: E402
+from fleet_clone import runner  # noqa: E402
 
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager  # noqa: E402
@@ -61,7 +62,7 @@ def make_disk(path: Path, data_mib: int) -> None:
 def snapshot(connection: Connection, domain: str, name: str, state: str) -> float:
     params = dict(domain=domain, name=name, state=state, kind="external", quiesce="pause")
     t0 = time.perf_counter()
-    result = SnapshotManager(params, connection).run()
+    result = SnapshotManager(params, connection, runner=runner).run()
     elapsed = time.perf_counter() - t0
     if not result["changed"]:
         raise RuntimeError(f"{state} of {name} on {domain} changed nothing: {result}")

@@ -2,8 +2,9 @@
 """The one contract every manager keeps, and the one runner every module calls.
 
 A manager gets its options, a lazily opened libvirt ``Connection`` and the
-check-mode flag (plus two seams for tests: ``runner`` for external programs
-and ``which`` to find them); ``run()`` returns the result dict (``changed``,
+check-mode flag (plus ``runner`` for external programs, which a module takes
+from ``module.run_command`` and a test or benchmark gives, and ``which`` to find
+them); ``run()`` returns the result dict (``changed``,
 ``diff`` and the module's return values) and leaves its warnings in
 ``self.warnings``.
 
@@ -21,9 +22,7 @@ closes the connection, and turns every collection error, and any stray
 from __future__ import annotations
 
 import copy
-import os
 import shutil
-import subprocess
 from collections.abc import Callable
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
@@ -39,11 +38,9 @@ Runner = Callable[..., tuple]
 Which = Callable[[str], "str | None"]
 
 
-def subprocess_runner(argv: list, env: dict | None = None) -> tuple:
-    """The runner used outside Ansible: argv list, no shell, text output."""
-    full_env = dict(os.environ, **(env or {}))
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=full_env)
-    return proc.returncode, proc.stdout, proc.stderr
+def no_runner(argv: list, env: dict | None = None) -> tuple:
+    """The runner of a manager made without one: modules pass module.run_command, tests and benches their own."""
+    raise KvmError(f"{argv[0]} cannot run: this manager was made without a runner.")
 
 
 def with_defaults(spec: dict, params: dict) -> dict:
@@ -94,7 +91,7 @@ class Manager:
         self.p = with_defaults(self.argument_spec(), params)
         self.connection = connection if connection is not None else Connection(self.p.get("uri"), self.READONLY)
         self.check_mode = check_mode
-        self.runner = runner or subprocess_runner
+        self.runner = runner or no_runner
         self.which = which or shutil.which
         self.warnings: list[str] = []
         self.changes: list[str] = []
@@ -131,6 +128,38 @@ class Manager:
 
     def run(self) -> dict:
         raise NotImplementedError
+
+
+class DomainJournal:
+    """One run's work on one domain: what changed so far, and libvirt calls that name the action on failure.
+
+    kvm_domain's and kvm_snapshot's run contexts build on it.
+    """
+
+    def __init__(self, connection: Connection, name: str, check_mode: bool):
+        self.connection = connection
+        self.name = name
+        self.check_mode = check_mode
+        self.changes: list[str] = []
+
+    @property
+    def conn(self):
+        return self.connection.conn
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def note(self, what: str) -> None:
+        """Record a change (made, or in check mode to be made)."""
+        self.changes.append(what)
+
+    def call(self, what: str, fn, *args):
+        """Run a libvirt call, translating its error into LibvirtFailed naming the action and the domain."""
+        try:
+            return fn(*args)
+        except _deps.libvirt.libvirtError as exc:
+            raise libvirt_failed(exc, f"{what} of domain {self.name}") from exc
 
 
 def _stray_types() -> tuple:

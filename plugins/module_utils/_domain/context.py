@@ -16,44 +16,26 @@ from __future__ import annotations
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection, libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import DomainJournal
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import SHUTOFF, HostScan, gone
 
 
-class DomainContext:
+class DomainContext(DomainJournal):
     """The domain's name, the connection, check mode and what changed so far."""
 
     def __init__(self, connection: Connection, name: str, check_mode: bool, scan: HostScan | None = None):
-        self.connection = connection
-        self.name = name
-        self.check_mode = check_mode
-        self.changes: list[str] = []
+        super().__init__(connection, name, check_mode)
         # answers from the run's one scan, as long as this run has not changed the domain
         self.scanned = scan.get(name) if scan is not None else None
         self.from_scan = scan is not None
         self._autostart: bool | None = None
 
-    @property
-    def conn(self):
-        return self.connection.conn
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.changes)
-
     def note(self, what: str) -> None:
         """Record a change (made, or in check mode to be made); a real one ends the answers from the scan."""
-        self.changes.append(what)
+        super().note(what)
         if not self.check_mode:
             self.scanned = None
             self.from_scan = False
-
-    def call(self, what: str, fn, *args):
-        """Run a libvirt call, translating its error into LibvirtFailed naming the action."""
-        lv = _deps.libvirt
-        try:
-            return fn(*args)
-        except lv.libvirtError as exc:
-            raise libvirt_failed(exc, f"{what} of domain {self.name}") from exc
 
     def _scanned(self, dom):
         """The scan's view of ``dom`` when this context answers from the scan, else None."""

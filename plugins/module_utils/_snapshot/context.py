@@ -13,6 +13,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection, libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import DomainJournal
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, gone
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import layers
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import xml as sx
@@ -23,37 +24,14 @@ def covered(d: dict) -> bool:
     return d["device"] == "disk" and not d["readonly"] and not d["shareable"]
 
 
-class SnapshotContext:
+class SnapshotContext(DomainJournal):
     """The domain, check mode, runner and what changed so far."""
 
     def __init__(self, connection: Connection, domain: str, check_mode: bool, runner):
-        self.connection = connection
-        self.name = domain
-        self.check_mode = check_mode
+        super().__init__(connection, domain, check_mode)
         self.runner = runner
-        self.changes: list[str] = []
         self._dom = None
         self._scan: HostScan | None = None
-
-    @property
-    def conn(self):
-        return self.connection.conn
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.changes)
-
-    def note(self, what: str) -> None:
-        """Record a change (made, or in check mode to be made)."""
-        self.changes.append(what)
-
-    def call(self, what: str, fn, *args):
-        """Run a libvirt call, translating its error into LibvirtFailed naming the action."""
-        lv = _deps.libvirt
-        try:
-            return fn(*args)
-        except lv.libvirtError as exc:
-            raise libvirt_failed(exc, f"{what} of domain {self.name}") from exc
 
     def is_test_driver(self) -> bool:
         return self.conn.getType().lower() == "test"
