@@ -19,7 +19,7 @@ CREATED_BY = "virtops.kvm"
 IDENTITY_KEYS = ("macs", "uuid", "ip")
 # Options that shape a new clone only: kvm_clone refuses an existing clone that differs from them,
 # and later changes are kvm_domain's job.
-CREATE_KEYS = ("memory", "vcpus", "autostart")
+CREATE_KEYS = ("memory", "vcpus", "autostart", "hostname", "files", "cloud_init")
 
 
 def _kind(value) -> str:

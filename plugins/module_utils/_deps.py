@@ -75,6 +75,11 @@ _LIBS = {
 }
 
 
+def install_hint(name: str) -> str:
+    """How to install the optional library ``name`` on the managed host."""
+    return _LIBS[name][2]
+
+
 def require(module, *names: str) -> None:
     """Fail the module, with an install hint, if any named library is missing."""
     for name in names:

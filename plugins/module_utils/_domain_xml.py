@@ -234,7 +234,42 @@ def provenance(root) -> dict | None:
         mode=el.get("mode"),
         created_by=el.get("created-by"),
         created_disks=created,
+        identity=_identity(el),
     )
+
+
+def _identity(clone_el) -> dict | None:
+    """The identity reset kvm_clone did before the clone's first boot (see set_identity), or None."""
+    el = clone_el.find(f"{{{NS}}}identity")
+    if el is None:
+        return None
+    return dict(
+        hostname=el.get("hostname"),
+        done=[o.get("name") for o in el.findall(f"{{{NS}}}operation") if o.get("result") == "done"],
+        skipped=[
+            dict(operation=o.get("name"), reason=o.get("reason"))
+            for o in el.findall(f"{{{NS}}}operation")
+            if o.get("result") == "skipped"
+        ],
+        files=[f.get("path") for f in el.findall(f"{{{NS}}}file")],
+    )
+
+
+def set_identity(root, report: dict) -> None:
+    """Record an identity reset (``{hostname, done, skipped, files}``) in the clone's provenance."""
+    etree = _deps.etree
+    clone = root.find(f"metadata/{{{NS}}}clone")
+    for old in clone.findall(f"{{{NS}}}identity"):
+        clone.remove(old)
+    el = etree.SubElement(clone, f"{{{NS}}}identity", attrib={"hostname": report["hostname"]})
+    for op in report["done"]:
+        etree.SubElement(el, f"{{{NS}}}operation", attrib={"name": op, "result": "done"})
+    for s in report["skipped"]:
+        etree.SubElement(
+            el, f"{{{NS}}}operation", attrib={"name": s["operation"], "result": "skipped", "reason": s["reason"]}
+        )
+    for path in report["files"]:
+        etree.SubElement(el, f"{{{NS}}}file", attrib={"path": path})
 
 
 def set_provenance(root, template: str, mode: str, created_disks: list[dict]) -> None:

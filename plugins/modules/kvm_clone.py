@@ -20,8 +20,14 @@ description:
     recognises its clones and O(state=absent) deletes only files this collection created.
   - Existing clones that match are left alone; a domain or file in the way that does not match is an error
     naming the difference, and is never overwritten.
-  - Each clone is created atomically (a failed define or start removes that clone's disks), and a host-wide
-    lock keeps concurrent runs from picking the same MAC address.
+  - Each NEW clone boots as itself. Before its first boot, kvm_clone resets the identity it copied from the
+    template (hostname, machine-id, SSH host keys, persistent-net rules, DHCP leases, logs; see O(identity))
+    on the clone's own new disk, for the whole batch in ONE libguestfs appliance launch. The base, clones
+    that already existed and running domains are never touched.
+  - With O(cloud_init), each new clone also gets its own cloud-init NoCloud seed (an ISO 9660 volume
+    labelled C(cidata) beside its disk, attached as a read-only CD-ROM and removed with the clone).
+  - Each clone is created atomically (a failed identity reset, define or start removes that clone's disks),
+    and a host-wide lock keeps concurrent runs from picking the same MAC address.
 author:
   - virtops.kvm developers (@virtops)
 extends_documentation_fragment:
@@ -31,8 +37,9 @@ attributes:
   check_mode:
     support: full
     details:
-      - Returns the plan (clones, disk paths, the MACs and UUIDs that would be generated; for O(state=absent) the
-        files that would be removed) without touching a file or a domain. Generated MACs and UUIDs differ from
+      - Returns the plan (clones, disk paths, the MACs and UUIDs that would be generated, the identity
+        operations planned per new clone; for O(state=absent) the files that would be removed) without touching
+        a file or a domain and without launching the libguestfs appliance. Generated MACs and UUIDs differ from
         those a real run picks.
   diff_mode:
     support: full
@@ -67,7 +74,11 @@ options:
       - The clones of a fleet. Each item is a name, or a dict with C(name) and optional overrides
         C(memory) (MiB), C(vcpus), C(autostart) (bool), C(macs) (list of MAC addresses, one per interface in
         order; missing ones are generated), C(uuid), C(state) (V(present), V(running) or V(absent)) and
-        C(ip) (the IPv4 address of its DHCP reservation on O(network); default chosen as O(network) says).
+        C(ip) (the IPv4 address of its DHCP reservation on O(network); default chosen as O(network) says),
+        C(hostname) (for the identity reset and the seed's C(local-hostname); default the clone's name),
+        C(files) (more files for its identity reset, as in O(identity.files); they replace the task's files
+        with the same path) and C(cloud_init) (keys as in O(cloud_init), merged over the task's; C(meta_data)
+        merged key by key).
       - Mutually exclusive with O(name).
     type: list
     elements: raw
@@ -141,8 +152,72 @@ options:
       - Clone names must then be valid host names (letters, digits, C(-), C(.)).
     type: bool
     default: true
+  identity:
+    description:
+      - The offline identity reset of each clone created by this task, before its first boot, on its own new
+        disk only (never the base, never a clone that already existed). All new clones' disks are drives of one
+        read-write libguestfs appliance; each clone's filesystems are found by inspection (or O(identity.mounts))
+        and changed in turn. Needs the libguestfs Python binding on the managed host.
+      - An operation that does not apply to a guest (no systemd, no SSH server) is skipped and reported, not
+        failed. A clone whose disk the appliance cannot mount fails (and is rolled back) with a hint to give
+        O(identity.mounts); the other clones are created.
+      - What was done is recorded in the clone's provenance, so reruns never redo it.
+      - Set O(identity.operations=[]) (and no O(identity.files)) to clone without a reset and without libguestfs.
+    type: dict
+    suboptions:
+      operations:
+        description:
+          - The operations, in order, named like virt-sysprep's.
+          - V(hostname) writes the clone's host name (its C(hostname) item, default its name) to C(/etc/hostname)
+            and replaces the template's name (and C(name.domain)) in C(/etc/hosts), or names the C(127.0.1.1)
+            entry; the name must be a valid host name.
+          - V(machine-id) empties C(/etc/machine-id) (systemd makes a new one at first boot) and removes a
+            copy in C(/var/lib/dbus/machine-id) (a symlink to it is kept). Skipped without C(/etc/machine-id).
+          - V(ssh-hostkeys) removes C(/etc/ssh/ssh_host_*); the SSH server's first start (sshd-keygen on EL and
+            Fedora, cloud-init, or C(ssh-keygen -A)) makes new ones. Skipped without C(/etc/ssh).
+          - V(net-persistent) removes the udev C(70-persistent-net.rules) (and C(70-persistent-cd.rules)).
+          - V(dhcp-leases) removes the DHCP client leases of dhclient, NetworkManager, dhcpcd, wicked, udhcpc.
+          - V(logfiles) truncates every regular file below C(/var/log) (systemd journal files are removed).
+        type: list
+        elements: str
+        choices: [hostname, machine-id, ssh-hostkeys, net-persistent, dhcp-leases, logfiles]
+        default: [hostname, machine-id, ssh-hostkeys, net-persistent, dhcp-leases, logfiles]
+      files:
+        description:
+          - Files to write into every new clone after the operations, each a dict with C(path) (absolute, in
+            the guest), C(content) (text), C(mode) (octal string such as V('0600'); default V('0644')) and
+            C(owner) (C(user) or C(user:group), names from the guest's own C(/etc/passwd) and C(/etc/group), or
+            numbers). Parent directories are created.
+          - A clone's own C(files) (in O(clones)) replace these for the same path.
+        type: list
+        elements: dict
+        default: []
+      mounts:
+        description:
+          - "Guest devices and where to mount them (C({/dev/sda1: /})), named as the guest's first disk is
+            C(/dev/sda), for guests that libguestfs inspection does not recognise. Without it, inspection is
+            used, then the disk's one filesystem."
+        type: dict
+      force_tcg:
+        description:
+          - Run the appliance under software emulation. V(auto) decides as virtops.kvm.kvm_guestfs does.
+        type: str
+        choices: [auto, 'yes', 'no']
+        default: auto
+  cloud_init:
+    description:
+      - "A cloud-init NoCloud seed for each new clone: C(<dest_dir>/<clone>-cidata.iso), an ISO 9660 volume
+        labelled C(cidata) made with xorriso (or genisoimage), attached as a read-only CD-ROM, recorded in the
+        provenance and removed with the clone."
+      - C(user_data) is text (starting with C(#cloud-config) or C(#!)) or a dict (written as C(#cloud-config)
+        followed by JSON, which is YAML). C(meta_data) is a dict; C(instance-id) defaults to the clone's UUID and
+        C(local-hostname) to its C(hostname) or name. C(network_config) is text or a dict (network config v1/v2).
+      - A clone's own C(cloud_init) item is merged over this one.
+    type: dict
 notes:
   - Overlays are refused on a base that a running domain uses as a writable disk.
+  - The identity reset and the seed are done only when a clone is created; change an existing clone's files
+    with virtops.kvm.kvm_guestfs for reading, and configuration management once it runs.
   - A base stays read-only after its last overlay is removed; make it writable again yourself if you want to.
 seealso:
   - module: virtops.kvm.kvm_domain
@@ -188,6 +263,22 @@ EXAMPLES = r"""
 - name: Show which address each clone gets
   ansible.builtin.debug:
     msg: "{{ fleet.clones | items2dict(key_name='name', value_name='ip') }}"
+
+- name: Web servers that boot as themselves, with a first-boot cloud-init seed each
+  virtops.kvm.kvm_clone:
+    template: debian12
+    state: running
+    identity:
+      operations: [hostname, machine-id, ssh-hostkeys, dhcp-leases]
+      files:
+        - {path: /etc/motd, content: "Managed by Ansible\n", mode: "0644"}
+    cloud_init:
+      user_data:
+        users: [{name: ops, ssh_authorized_keys: ["{{ lookup('ansible.builtin.file', 'ops.pub') }}"]}]
+    clones:
+      - web01
+      - {name: web02, hostname: web02.example.com}
+      - {name: web03, cloud_init: {meta_data: {local-hostname: web03-canary}}}
 
 - name: Remove the class again (only the files kvm_clone created are deleted)
   virtops.kvm.kvm_clone:
@@ -253,6 +344,20 @@ clones:
       type: str
       returned: when O(xml_dir) is set, or with O(state=absent) when the clone has an XML file to remove
       sample: /kvmfile/stu01.xml
+    identity:
+      description:
+        - The identity reset of a clone created by this task (C(hostname), C(done), C(skipped) with a C(reason)
+          each, C(details) per operation, C(files) written, C(root) filesystem), or, for a clone that existed,
+          the reset recorded in its provenance. In check mode C(planned) lists the operations instead of C(done).
+      type: dict
+      returned: when a reset was done, planned or recorded
+      sample: {hostname: stu01, done: [hostname, machine-id, logfiles],
+               skipped: [{operation: ssh-hostkeys, reason: no /etc/ssh (no SSH server installed)}], files: []}
+    seed:
+      description: The clone's cloud-init seed ISO (see O(cloud_init)).
+      type: str
+      returned: when the clone has one
+      sample: /kvmfile/stu01-cidata.iso
     failed:
       description: Set when this clone failed (it was rolled back).
       type: bool

@@ -417,11 +417,20 @@ domain:
         mode: {description: 'Clone mode, V(overlay) or V(copy).', type: str, returned: success, sample: overlay}
         created_by: {description: Always V(virtops.kvm)., type: str, returned: success, sample: virtops.kvm}
         created_disks:
-          description: The files kvm_clone created for the clone (disks, NVRAM, its XML file).
+          description: The files kvm_clone created for the clone (disks, NVRAM, cloud-init seed, its XML file).
           type: list
           elements: dict
           returned: success
           sample: [{path: /kvmfile/stu01.qcow2, base: /kvmfile/base.qcow2, mode: overlay, format: qcow2}]
+        identity:
+          description:
+            - The identity reset kvm_clone did on the clone's new disk before its first boot
+              (see O(virtops.kvm.kvm_clone#module:identity)), or null when none was recorded.
+            - C(hostname), C(done) (operations carried out), C(skipped) (operations that did not apply, each with
+              its C(reason)) and C(files) (paths written).
+          type: dict
+          returned: success
+          sample: {hostname: stu01, done: [hostname, machine-id], skipped: [], files: []}
       sample: null
     pending_restart:
       description: Same as the top-level RV(pending_restart).

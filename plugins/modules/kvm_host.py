@@ -53,8 +53,8 @@ options:
       - The distribution family, which decides the package names and the package manager.
       - V(auto) reads C(ID) and C(ID_LIKE) from C(/etc/os-release) on the host (no Ansible facts needed).
       - "Package sets: V(debian) C(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
-        dnsmasq-base) with C(apt-get); V(redhat) C(qemu-kvm libvirt-daemon libvirt-client
-        libvirt-daemon-driver-qemu dnsmasq) with C(dnf) or C(yum); V(suse) the same names as RedHat with
+        dnsmasq-base xorriso) with C(apt-get); V(redhat) C(qemu-kvm libvirt-daemon libvirt-client
+        libvirt-daemon-driver-qemu dnsmasq xorriso) with C(dnf) or C(yum); V(suse) the same names as RedHat with
         C(zypper). dnsmasq serves DHCP and DNS on libvirt's virtual networks (virtops.kvm.kvm_network)."
     type: str
     choices: [auto, debian, redhat, suse]

@@ -17,24 +17,49 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import seed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 
-def create_all(conn, runner, items: list[dict], parallel: int) -> dict[str, dict]:
-    """Create the clones in up to ``parallel`` threads (the connection is shared); name -> outcome."""
+def create_all(conn, runner, items: list[dict], parallel: int, which=shutil.which, between=None) -> dict[str, dict]:
+    """Create the clones: files, then ``between`` (the identity reset), then domains; name -> outcome.
+
+    Files (disks, NVRAM, seed) and domains are made in up to ``parallel``
+    threads (the connection is shared). ``between(ready)`` sees every clone
+    whose files exist and no domain uses yet, and returns name -> error for
+    the ones that must not be defined; those are rolled back like any other.
+    """
     if not items:
         return {}
-    with ThreadPoolExecutor(max_workers=min(parallel, len(items))) as pool:
-        futures = {item["name"]: pool.submit(create_one, conn, runner, item) for item in items}
-        return {name: future.result() for name, future in futures.items()}
+    workers = min(parallel, len(items))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {item["name"]: pool.submit(make_files, runner, which, item) for item in items}
+        made = {name: future.result() for name, future in futures.items()}
+    outcomes: dict[str, dict] = {}
+    ready = []
+    for item in items:
+        files, error = made[item["name"]]
+        if error is None:
+            ready.append(item)
+        else:
+            outcomes[item["name"]] = _failed(error, rollback(None, files))
+    if between is not None and ready:
+        refused = between(ready)
+        for item in ready:
+            if item["name"] in refused:
+                outcomes[item["name"]] = _failed(refused[item["name"]], rollback(None, made[item["name"]][0]))
+        ready = [i for i in ready if i["name"] not in refused]
+    if ready:
+        with ThreadPoolExecutor(max_workers=min(parallel, len(ready))) as pool:
+            futures = {i["name"]: pool.submit(define_one, conn, i, made[i["name"]][0]) for i in ready}
+            outcomes.update((name, future.result()) for name, future in futures.items())
+    return {item["name"]: outcomes[item["name"]] for item in items}
 
 
-def create_one(conn, runner, item: dict) -> dict:
-    """Disks, NVRAM, define, autostart, start, XML file; on any failure undo all of it."""
-    lv = _deps.libvirt
+def make_files(runner, which, item: dict) -> tuple[list[str], str | None]:
+    """The clone's disks, NVRAM and cloud-init seed: (files made, error or None)."""
     made: list[str] = []
-    dom = None
     try:
         for d in item["disks"]:
             if d["mode"] == "overlay":
@@ -46,6 +71,20 @@ def create_one(conn, runner, item: dict) -> dict:
             src, dst = item["nvram"]
             made.append(dst)
             shutil.copyfile(src, dst)
+        if item.get("seed"):
+            seed.build_seed(runner, which, item["seed"]["path"], item["seed"]["documents"])
+            made.append(item["seed"]["path"])
+    except (KvmError, OSError) as exc:
+        return made, _message(exc)
+    return made, None
+
+
+def define_one(conn, item: dict, made: list[str]) -> dict:
+    """Define, autostart, start, write the XML file; on any failure undo all of it (and the files made)."""
+    lv = _deps.libvirt
+    made = list(made)
+    dom = None
+    try:
         try:
             dom = conn.defineXML(item["xml"])
             if item["spec"]["autostart"]:
@@ -60,9 +99,15 @@ def create_one(conn, runner, item: dict) -> dict:
             _write_new(item["xml_path"], xml_text)
         return dict(ok=True, changed=True)
     except (KvmError, OSError) as exc:
-        msg = exc.message if isinstance(exc, KvmError) else f"{exc.strerror or exc} ({exc.filename or ''})"
-        undo = rollback(dom, made)
-        return dict(ok=False, changed=False, error=msg + (f" (rollback: {undo})" if undo else ""))
+        return _failed(_message(exc), rollback(dom, made))
+
+
+def _message(exc: Exception) -> str:
+    return exc.message if isinstance(exc, KvmError) else f"{exc.strerror or exc} ({exc.filename or ''})"
+
+
+def _failed(error: str, undo: str) -> dict:
+    return dict(ok=False, changed=False, error=error + (f" (rollback: {undo})" if undo else ""))
 
 
 def rollback(dom, files: list[str]) -> str:

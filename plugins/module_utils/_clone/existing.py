@@ -17,6 +17,7 @@ import os
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import SEED_SUFFIX
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import clone_disk_path
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, KvmError, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScannedDomain
@@ -164,6 +165,8 @@ def plan_existing(
         active=found.active,
         xml_path=path,
         xml=xml_text,
+        identity_record=prov.get("identity"),
+        seed_file=next((c["path"] for c in prov["created_disks"] if c["mode"] == "seed"), None),
     )
 
 
@@ -202,6 +205,9 @@ def plan_absent(s: dict, found: ScannedDomain | None, tpl: dict | None, xml_dir:
         if c["mode"] == "nvram":
             if c["path"] == nvram:
                 files.append(dict(path=c["path"], nvram=True))
+        elif c["mode"] == "seed":
+            if c["path"] in in_use and c["path"].endswith(SEED_SUFFIX):
+                files.append(dict(path=c["path"], nvram=False))
         elif c["path"] in in_use:
             files.append(dict(path=c["path"], nvram=False))
     xml_paths = _xml_files_to_remove(prov, xml_dir, s["name"], found.uuid)

@@ -10,11 +10,16 @@ the others complete, and the run ends with an error naming the failed ones.
 
 from __future__ import annotations
 
-from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, result
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, result
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Planner
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import normalize_clones
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import decide_force_tcg, kvm_usable
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
@@ -37,6 +42,17 @@ class CloneManager(Manager):
         parallel=dict(type="int", default=4),
         network=dict(type="str"),
         dhcp_reservations=dict(type="bool", default=True),
+        identity=dict(
+            type="dict",
+            apply_defaults=True,
+            options=dict(
+                operations=dict(type="list", elements="str", choices=list(OPERATIONS), default=list(OPERATIONS)),
+                files=dict(type="list", elements="dict", default=[]),
+                mounts=dict(type="dict"),
+                force_tcg=dict(type="str", choices=["auto", "yes", "no"], default="auto"),
+            ),
+        ),
+        cloud_init=dict(type="dict"),
     )
     MODULE_OPTIONS = dict(
         mutually_exclusive=[("template", "template_xml"), ("name", "clones")],
@@ -49,20 +65,23 @@ class CloneManager(Manager):
     )
 
     #: where and how long to wait for the host lock (tests use their own)
-    SEAMS = dict(lock_path=None, lock_timeout=900)
+    #: handle_factory makes the identity reset's libguestfs handles
+    SEAMS = dict(lock_path=None, lock_timeout=900, handle_factory=None)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.p["parallel"] < 1:
             raise InvalidInput("parallel must be at least 1.")
         self.specs = normalize_clones(self.p["name"], self.p["clones"], self.p["state"])
+        self.identity = identity.check_config(self.p["identity"])
+        self.cloud_init = check_cloud_init(self.p["cloud_init"], "cloud_init")
 
     def run(self) -> dict:
         """Scan and plan, then (unless check mode) act under the host lock; return the module result."""
         if self.check_mode:
             scan = HostScan.take(self.conn)
             plan = self._plan(scan)
-            outcomes = {i["name"]: dict(ok=True, changed=i["action"] != "none") for i in plan["items"]}
+            outcomes = {i["name"]: _preview(i) for i in plan["items"]}
             removed, kept = act.preview_removals(_absent(plan), scan)
             base_changed = False
         else:
@@ -92,7 +111,7 @@ class CloneManager(Manager):
         return out
 
     def _plan(self, scan: HostScan) -> dict:
-        return Planner(self.p, self.specs, scan, self.conn, self.runner).plan()
+        return Planner(self.p, self.specs, scan, self.conn, self.runner, self.identity, self.cloud_init).plan()
 
     def _act(self, plan: dict, scan: HostScan) -> tuple[dict, list[str], list[dict], bool]:
         """Remove, create, update, protect: (outcomes, removed files, kept files, whether a base changed)."""
@@ -101,14 +120,56 @@ class CloneManager(Manager):
         plan["reservations"].after_remove(plan["items"], outcomes)
         creates = [i for i in plan["items"] if i["action"] == "create"]
         plan["reservations"].before_create(plan["items"])
-        created = act.create_all(self.conn, self.runner, creates, self.p["parallel"])
+        created = act.create_all(
+            self.conn, self.runner, creates, self.p["parallel"], which=self.which, between=self._reset_identities
+        )
         plan["reservations"].after_create(created)
+        for item in creates:
+            if created[item["name"]]["ok"] and item.get("identity_report"):
+                created[item["name"]]["identity"] = item["identity_report"]
         outcomes.update(created)
         for item in plan["items"]:
             if item["action"] in ("update", "none") and not item.get("absent"):
                 outcomes[item["name"]] = act.update_one(item)
         base_changed = self.p["protect_base"] and act.protect_bases(plan, outcomes)
         return outcomes, removed, kept, base_changed
+
+    def _reset_identities(self, ready: list[dict]) -> dict[str, str]:
+        """The batch's one appliance over every new clone disk; name -> error for the clones it failed."""
+        todo = [i for i in ready if i.get("identity")]
+        if not todo:
+            return {}
+        if self.handle_factory is None and _deps.guestfs is None:
+            why = (
+                "the identity reset needs the libguestfs Python binding, which is not installed: "
+                f"{_deps.install_hint('guestfs')} Or set identity.operations to [] (and no files) to clone without it."
+            )
+            return {i["name"]: why for i in todo}
+        force_tcg, _why = decide_force_tcg(self.identity["force_tcg"], lambda: kvm_usable(self.conn))
+        done, warnings = identity.reset_batch(todo, self.identity, force_tcg, self.handle_factory)
+        self.warnings.extend(warnings)
+        refused = {}
+        for item in todo:
+            o = done[item["name"]]
+            if not o["ok"]:
+                refused[item["name"]] = o["error"]
+                continue
+            item["identity_report"] = o["report"]
+            root = dx.parse(item["xml"])
+            identity.record(root, o["report"])
+            item["xml"] = dx.tostring(root)
+        return refused
+
+
+def _preview(item: dict) -> dict:
+    """Check mode: the outcome a real run would have (the identity reset planned, not done)."""
+    out = dict(ok=True, changed=item["action"] != "none")
+    if item["action"] == "create" and item.get("identity"):
+        plan = item["identity"]
+        out["identity"] = dict(
+            hostname=plan["hostname"], planned=plan["operations"], files=[f["path"] for f in plan["files"]]
+        )
+    return out
 
 
 def _absent(plan: dict) -> list[dict]:

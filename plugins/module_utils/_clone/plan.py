@@ -16,7 +16,14 @@ import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.existing import plan_absent, plan_existing, xml_path
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.identity import clone_plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.network import Reservations
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import (
+    attach_cdrom,
+    merge_cloud_init,
+    seed_documents,
+    seed_path,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import new_mac, new_uuid
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.template import load_template
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import (
@@ -51,8 +58,19 @@ def check_dir(path: str, what: str) -> str:
 class Planner:
     """Decides what to do with every clone of the batch, from the options and one host scan."""
 
-    def __init__(self, params: dict, specs: list[dict], scan: HostScan, conn, runner):
+    def __init__(
+        self,
+        params: dict,
+        specs: list[dict],
+        scan: HostScan,
+        conn,
+        runner,
+        identity_cfg: dict | None = None,
+        cloud_init: dict | None = None,
+    ):
         self.p = params
+        self.identity_cfg = identity_cfg or dict(operations=[], files=[], mounts=None, force_tcg="auto")
+        self.cloud_init = cloud_init
         self.mode = params["mode"]
         self.specs = specs
         self.scan = scan
@@ -109,7 +127,8 @@ class Planner:
         dest_dir = self.p["dest_dir"]
         if tpl is not None and dest_dir is None:
             dest_dir = os.path.dirname(tpl["disks"][0]["path"]) if tpl["disks"] else None
-        if wants_create and tpl["disks"]:
+        seeds = self.cloud_init or any(s.get("cloud_init") for s in self.specs)
+        if wants_create and (tpl["disks"] or seeds):
             if dest_dir is None:
                 raise InvalidInput("dest_dir is required.")
             return check_dir(dest_dir, "dest_dir")
@@ -169,6 +188,11 @@ class Planner:
             # recorded so that a later state=absent finds it even without xml_dir
             created.append(dict(path=path, mode="xml"))
         uuid = s["uuid"] or new_uuid(self.batch_uuids)
+        seed_cfg = merge_cloud_init(self.cloud_init, s.get("cloud_init"))
+        hostname = s.get("hostname") or name
+        seed_file = self._seed_path(name, dest_dir) if seed_cfg else None
+        if seed_file:
+            created.append(dict(path=seed_file, mode="seed", format="raw"))
         macs = list(s["macs"]) + [new_mac(self.batch_macs) for _i in range(n_ifaces - len(s["macs"]))]
         root = transform(
             tpl["root"],
@@ -185,6 +209,8 @@ class Planner:
             vcpus=s["vcpus"],
             network=self.p.get("network"),
         )
+        if seed_file:
+            attach_cdrom(root, seed_file)
         return dict(
             action="create",
             spec=s,
@@ -196,7 +222,27 @@ class Planner:
             xml=dx.tostring(root),
             xml_path=path,
             before=None,
+            identity=clone_plan(s, self.identity_cfg) if disks else None,
+            seed=dict(path=seed_file, documents=seed_documents(name, uuid, hostname, seed_cfg)) if seed_file else None,
         )
+
+    def _seed_path(self, name: str, dest_dir: str | None) -> str:
+        """A free path for the clone's cloud-init seed, beside its disk (in dest_dir)."""
+        if dest_dir is None:
+            raise InvalidInput(
+                f"Clone {name!r} has a cloud_init seed but no directory to put it in.", hint="Set dest_dir."
+            )
+        path = seed_path(dest_dir, name)
+        if path in self.planned_paths:
+            raise InvalidInput(f"Clones {self.planned_paths[path]!r} and {name!r} would both use seed file {path}.")
+        self.planned_paths[path] = name
+        if os.path.lexists(path):
+            raise Conflict(
+                f"Seed file {path} for clone {name!r} already exists; it was not created by virtops.kvm for this "
+                "clone and is not overwritten.",
+                hint="Remove or move the file, or choose another clone name or dest_dir.",
+            )
+        return path
 
     def _new_disk(self, name: str, index: int, d: dict, dest_dir: str) -> dict:
         """The overlay or copy of template disk ``d`` for new clone ``name``, at a free path."""

@@ -66,6 +66,11 @@ def _entry(item: dict, o: dict) -> dict:
     )
     if item.get("xml_path"):
         entry["xml_file"] = item["xml_path"]
+    if o.get("identity") or item.get("identity_record"):
+        entry["identity"] = o.get("identity") or item["identity_record"]
+    seed = item["seed"]["path"] if item.get("seed") else item.get("seed_file")
+    if seed and entry["state"] != "absent":
+        entry["seed"] = seed
     if not o["ok"]:
         entry["failed"] = True
         entry["msg"] = o["error"]

@@ -1,5 +1,5 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
-"""The clone specs of one task (name, overrides, MACs, UUID, state, address), checked before the host is read.
+"""The clone specs of one task (name, overrides, MACs, UUID, state, address, identity), checked before the host is read.
 
 ``clones`` is a list of names or dicts, so the argument spec cannot say what is
 allowed in it; this file does, and refuses unsafe or duplicate names, unknown
@@ -15,11 +15,13 @@ import secrets
 import uuid as uuidlib
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.identity import check_files
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 
 MAC_PREFIX = "52:54:00"
 STATES = ("present", "running", "absent")
-CLONE_KEYS = ("name", "memory", "vcpus", "autostart", "macs", "uuid", "state", "ip")
+CLONE_KEYS = ("name", "memory", "vcpus", "autostart", "macs", "uuid", "state", "ip", "hostname", "files", "cloud_init")
 
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 
@@ -124,6 +126,14 @@ def _one(cname: str, item: dict, default_state: str) -> dict:
         spec["uuid"] = normalize_uuid(item["uuid"])
     if item.get("ip"):  # only with a network (kvm_clone's ``network`` option); absent otherwise
         spec["ip"] = normalize_ip(item["ip"], cname)
+    if item.get("hostname") is not None:
+        if not isinstance(item["hostname"], str) or not item["hostname"]:
+            raise InvalidInput(f"hostname of clone {cname!r} must be a non-empty string.")
+        spec["hostname"] = item["hostname"]
+    if item.get("files") is not None:  # the identity reset's files, this clone's own
+        spec["files"] = check_files(item["files"], f"files of clone {cname!r}")
+    if item.get("cloud_init") is not None:
+        spec["cloud_init"] = check_cloud_init(item["cloud_init"], f"cloud_init of clone {cname!r}")
     if item.get("state") is not None:
         if item["state"] not in STATES:
             raise InvalidInput(f"state of clone {cname!r} must be one of {', '.join(STATES)}.")

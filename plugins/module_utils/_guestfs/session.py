@@ -4,7 +4,10 @@
 Every drive is added with ``readonly=1`` (libguestfs puts a throw-away
 overlay on top; the image is never written), the appliance has no network,
 and no guest program is ever run (no ``command``/``sh``): only the
-appliance's own tools touch the filesystems.
+appliance's own tools touch the filesystems. The one exception is
+``writable=True``, which kvm_clone uses on the disks it has just created for
+new clones (never a base, never an existing domain's disk) to reset their
+identity: those drives are added read-write and mounted read-write.
 
 One appliance launch costs ~20 s under software emulation, so one session
 serves every path of a run, mounts by device when the caller knows them, and
@@ -52,8 +55,10 @@ class GuestfsSession:
         force_tcg: bool = False,
         handle_factory: Callable | None = None,
         tcg_reason: str | None = None,
+        writable: bool = False,
     ):
         self.drives = drives
+        self.writable = writable
         self.force_tcg = force_tcg
         self.tcg_reason = tcg_reason
         self.handle_factory = handle_factory or default_handle
@@ -77,7 +82,7 @@ class GuestfsSession:
                 g.set_backend_settings([*settings, "force_tcg"])
             self.backend = g.get_backend()
             for d in self.drives:
-                opts = {"readonly": True}
+                opts = {"readonly": not self.writable}
                 if d.get("format"):
                     opts["format"] = d["format"]
                 g.add_drive_opts(d["path"], **opts)
@@ -145,13 +150,19 @@ class GuestfsSession:
     def _mount_all(self, mounts: dict, where: str) -> None:
         for mp, dev in mount_order(mounts):
             try:
-                self.g.mount_ro(dev, mp)
+                self._mount_one(dev, mp)
             except RuntimeError as exc:
                 raise GuestfsError(
                     f"Cannot mount {dev} on {mp} ({where}): {runtime_message(exc)}",
                     hint="Devices are named as the appliance sees them (/dev/sda1, /dev/sdb2, /dev/vg/lv), not as "
                     f"in the guest; filesystems found: {self._fs_summary()}. Leave mounts out to use inspection.",
                 ) from exc
+
+    def _mount_one(self, dev: str, mp: str) -> None:
+        if self.writable:
+            self.g.mount(dev, mp)
+        else:
+            self.g.mount_ro(dev, mp)
 
     def _fs_summary(self) -> str:
         try:
@@ -186,7 +197,7 @@ class GuestfsSession:
                 mountpoints = {mp: part.local(dev, parts or []) for mp, dev in mountpoints.items()}
             for mp, dev in mount_order({dev: mp for mp, dev in mountpoints.items()}):
                 try:
-                    g.mount_ro(dev, mp)
+                    self._mount_one(dev, mp)
                 except RuntimeError as exc:
                     # what guestmount -i does too: a broken /boot must not hide /etc
                     self.warnings.append(f"Could not mount {dev} on {mp}: {runtime_message(exc)}")

@@ -25,15 +25,22 @@ _FAMILY_IDS = {
 PACKAGES = {
     "debian": {
         # dnsmasq: DHCP and DNS of libvirt's virtual networks (kvm_network); Debian's libvirt only suggests it
-        "base": ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "dnsmasq-base"],
+        "base": [
+            "qemu-system-x86",
+            "qemu-utils",
+            "libvirt-daemon-system",
+            "libvirt-clients",
+            "dnsmasq-base",
+            "xorriso",
+        ],
         "python": ["python3-libvirt", "python3-lxml", "python3-guestfs"],
     },
     "redhat": {
-        "base": ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu", "dnsmasq"],
+        "base": ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu", "dnsmasq", "xorriso"],
         "python": ["python3-libvirt", "python3-lxml", "python3-libguestfs"],
     },
     "suse": {
-        "base": ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu", "dnsmasq"],
+        "base": ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu", "dnsmasq", "xorriso"],
         "python": ["python3-libvirt-python", "python3-lxml", "python3-libguestfs"],
     },
 }

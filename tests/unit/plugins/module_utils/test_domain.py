@@ -321,6 +321,7 @@ def test_domain_info_carries_the_clone_provenance(conn, name, tmp_path):
         mode="overlay",
         created_by="virtops.kvm",
         created_disks=[dict(path=overlay, base=None, mode="overlay", format=None)],
+        identity=None,  # no identity reset recorded in this hand-made record
     )
     listed, missing = list_domains(conn, URI, names=[name])
     assert missing == [] and listed[0]["provenance"]["template"] == "t"

@@ -319,13 +319,13 @@ def test_detect_family_no_os_release(tmp_path):
             "debian",
             False,
             False,
-            ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "dnsmasq-base"],
+            ["qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "dnsmasq-base", "xorriso"],
         ),
         (
             "redhat",
             False,
             False,
-            ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu", "dnsmasq"],
+            ["qemu-kvm", "libvirt-daemon", "libvirt-client", "libvirt-daemon-driver-qemu", "dnsmasq", "xorriso"],
         ),
         (
             "debian",
@@ -337,6 +337,7 @@ def test_detect_family_no_os_release(tmp_path):
                 "libvirt-daemon-system",
                 "libvirt-clients",
                 "dnsmasq-base",
+                "xorriso",
                 "virt-manager",
                 "python3-libvirt",
                 "python3-lxml",
@@ -353,6 +354,7 @@ def test_detect_family_no_os_release(tmp_path):
                 "libvirt-client",
                 "libvirt-daemon-driver-qemu",
                 "dnsmasq",
+                "xorriso",
                 "virt-manager",
                 "python3-libvirt",
                 "python3-lxml",
@@ -369,6 +371,7 @@ def test_detect_family_no_os_release(tmp_path):
                 "libvirt-client",
                 "libvirt-daemon-driver-qemu",
                 "dnsmasq",
+                "xorriso",
                 "python3-libvirt-python",
                 "python3-lxml",
                 "python3-libguestfs",
@@ -780,7 +783,8 @@ def test_direct_stop_timeout(tmp_path):
 
 
 def host_runner(
-    procs, installed=("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "dnsmasq-base")
+    procs,
+    installed=("qemu-system-x86", "qemu-utils", "libvirt-daemon-system", "libvirt-clients", "dnsmasq-base", "xorriso"),
 ):
     have = set(installed)
 

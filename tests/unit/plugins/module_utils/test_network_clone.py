@@ -78,6 +78,7 @@ def net(conn):
 def run(conn, tmp_path, check=False, **params):
     params.setdefault("template", TPL)
     params.setdefault("domain_type", "qemu")
+    params.setdefault("identity", {"operations": []})  # blank test disks: the reset has its own tests
     params.setdefault("network", NET)
     return CloneManager(params, Held(conn), check, runner=runner, lock_path=str(tmp_path / "lock")).run()
 

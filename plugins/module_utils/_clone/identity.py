@@ -1,0 +1,200 @@
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""Every new clone boots as itself: the ``identity`` option, each clone's plan, and the batch's one appliance.
+
+A clone of a template is a byte-for-byte copy of its identity: hostname,
+machine-id, SSH host keys, leases. kvm_clone resets them offline, before the
+first boot, on the disks it has just created for the NEW clones of the run
+(never a base, never a clone that existed, never a running domain): every
+such disk is a drive of ONE read-write libguestfs appliance, and each clone
+is mounted and changed in turn (sysprep.py has the operations). A launch
+costs ~20 s under software emulation; a clone more costs a mount.
+
+A clone the appliance cannot mount (no filesystem it recognises) fails alone,
+with a hint to give ``mounts``; an appliance that does not launch fails every
+clone that needed it. Check mode plans and never launches.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError, run_operations
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import parts_of
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import check_mounts
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession, runtime_message
+
+CONFIG_KEYS = ("operations", "files", "mounts", "force_tcg")
+FILE_KEYS = ("path", "content", "mode", "owner")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+
+
+def valid_hostname(name: str) -> bool:
+    return isinstance(name, str) and bool(_HOSTNAME.match(name))
+
+
+def check_config(value) -> dict:
+    """The ``identity`` option, completed and checked: ``{operations, files, mounts, force_tcg}``."""
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise InvalidInput("identity must be a dict (operations, files, mounts, force_tcg).")
+    unknown = sorted(k for k in value if k not in CONFIG_KEYS)
+    if unknown:
+        raise InvalidInput(
+            f"identity has unknown key(s) {', '.join(unknown)}.", hint=f"Allowed: {', '.join(CONFIG_KEYS)}."
+        )
+    ops = value.get("operations")
+    ops = list(OPERATIONS) if ops is None else ops
+    if not isinstance(ops, list):
+        raise InvalidInput("identity.operations must be a list of operation names.")
+    bad = [o for o in ops if o not in OPERATIONS]
+    if bad:
+        raise InvalidInput(
+            f"identity.operations has unknown operation(s) {', '.join(map(str, bad))}.",
+            hint=f"Known: {', '.join(OPERATIONS)} (an empty list turns the reset off).",
+        )
+    force_tcg = value.get("force_tcg") or "auto"
+    if force_tcg not in ("auto", "yes", "no"):
+        raise InvalidInput("identity.force_tcg must be auto, yes or no.")
+    return dict(
+        operations=list(dict.fromkeys(ops)),
+        files=check_files(value.get("files"), "identity.files"),
+        mounts=check_mounts(value.get("mounts")),
+        force_tcg=force_tcg,
+    )
+
+
+def check_files(files, where: str) -> list[dict]:
+    """``[{path, content, mode, owner}]``: absolute clean paths, octal modes, ``user[:group]`` owners."""
+    if files is None:
+        return []
+    if not isinstance(files, list):
+        raise InvalidInput(f"{where} must be a list of dicts with path and content.")
+    out, seen = [], set()
+    for i, f in enumerate(files):
+        if not isinstance(f, dict):
+            raise InvalidInput(f"{where}[{i}] must be a dict with path and content.")
+        unknown = sorted(k for k in f if k not in FILE_KEYS)
+        if unknown:
+            raise InvalidInput(
+                f"{where}[{i}] has unknown key(s) {', '.join(unknown)}.", hint="Allowed: path, content, mode, owner."
+            )
+        path = f.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or posixpath.normpath(path) != path or path == "/":
+            raise InvalidInput(f"{where}[{i}].path {path!r} must be an absolute, normalised file path in the guest.")
+        if path in seen:
+            raise InvalidInput(f"{where} writes {path} twice.")
+        seen.add(path)
+        content = f.get("content", "")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise InvalidInput(f"{where}[{i}].content must be a string (the file's text).")
+        out.append(
+            dict(
+                path=path,
+                content=content,
+                mode=_mode(f.get("mode"), f"{where}[{i}].mode"),
+                owner=_owner(f.get("owner"), f"{where}[{i}].owner"),
+            )
+        )
+    return out
+
+
+def _mode(value, where: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        mode = int(value, 8) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{where} {value!r} is not an octal mode such as '0644'.") from exc
+    if not 0 <= mode <= 0o7777:
+        raise InvalidInput(f"{where} {value!r} is out of range (0000 to 7777).")
+    return mode
+
+
+def _owner(value, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    owner = str(value)
+    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", owner):
+        raise InvalidInput(f"{where} {value!r} must be 'user' or 'user:group' (names or numbers).")
+    return owner
+
+
+def clone_plan(spec: dict, cfg: dict) -> dict | None:
+    """What the reset does to one new clone: ``{operations, files, hostname}``, or None for nothing.
+
+    The clone's own ``files`` replace the task's for the same path; its
+    ``hostname`` (default: its name) must be a valid host name.
+    """
+    by_path = {f["path"]: f for f in cfg["files"]}
+    by_path.update((f["path"], f) for f in spec.get("files") or [])
+    files = list(by_path.values())
+    ops = cfg["operations"]
+    if not ops and not files:
+        return None
+    name = spec.get("hostname") or spec["name"]
+    if "hostname" in ops and not valid_hostname(name):
+        raise InvalidInput(
+            f"Clone {spec['name']!r} is not a valid host name for the identity reset.",
+            hint="Give the clone a hostname (letters, digits, '-', '.'), or leave hostname out of identity.operations.",
+        )
+    return dict(operations=list(ops), files=files, hostname=name)
+
+
+def reset_batch(items: list[dict], cfg: dict, force_tcg: bool, handle_factory=None) -> tuple[dict, list[str]]:
+    """Reset every item's identity in one appliance: (name -> ``{ok, report | error}``, warnings).
+
+    ``items`` are new clones whose disk files exist and that no domain uses
+    yet (each with ``identity`` from ``clone_plan`` and its ``disks``).
+    """
+    groups = [(i["name"], [dict(path=d["path"], format=d["format"]) for d in i["disks"]]) for i in items]
+    parts = parts_of(groups)
+    drives = [d for _n, ds in groups for d in ds]
+    session = GuestfsSession(drives, force_tcg=force_tcg, handle_factory=handle_factory, writable=True)
+    out: dict[str, dict] = {}
+    try:
+        try:
+            session.launch()
+        except GuestfsError as exc:
+            why = f"identity reset: {exc.message}"
+            return {i["name"]: dict(ok=False, error=why) for i in items}, session.warnings
+        for part, item in zip(parts, items):
+            out[item["name"]] = _reset_one(session, part, parts, item, cfg["mounts"])
+        try:
+            session.g.sync()
+        except RuntimeError as exc:  # the writes may not have reached the disks
+            why = f"identity reset: syncing the clone disks failed: {runtime_message(exc)}"
+            out = {n: (dict(ok=False, error=why) if o["ok"] else o) for n, o in out.items()}
+    finally:
+        session.close()
+    return out, session.warnings
+
+
+def _reset_one(session: GuestfsSession, part, parts: list, item: dict, mounts: dict | None) -> dict:
+    plan = item["identity"]
+    try:
+        found = session.mount(mounts, part=part, parts=parts)
+        report = run_operations(session.g, plan["operations"], plan["hostname"], plan["files"])
+        report.update(hostname=plan["hostname"], root=found["root"] if found else None)
+        return dict(ok=True, report=report)
+    except GuestfsError as exc:
+        return dict(ok=False, error=f"identity reset: {exc.message}")
+    except OwnerError as exc:
+        return dict(ok=False, error=f"identity reset: {exc}")
+    except RuntimeError as exc:
+        return dict(ok=False, error=f"identity reset of {item['name']}: {runtime_message(exc)}")
+    finally:
+        try:
+            session.unmount_all()
+        except GuestfsError:
+            pass
+
+
+def record(root, report: dict) -> None:
+    """Write the reset's report into the clone's provenance (reruns read it instead of redoing it)."""
+    dx.set_identity(root, report)

@@ -1,0 +1,244 @@
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""The identity operations on one mounted clone disk: hostname, machine-id, SSH host keys, leases, logs, files.
+
+Each operation works on a libguestfs handle whose guest filesystems are
+mounted read-write (only ever a new clone's own disk, see identity.py) and
+returns ``(done, detail)``: done is False when the operation does not apply
+to this guest (no systemd, no SSH server...), and ``detail`` says why or what
+was changed. Names follow virt-sysprep's operations where they match. Nothing
+here runs a program inside the guest: only the appliance's file calls.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+OPERATIONS = ("hostname", "machine-id", "ssh-hostkeys", "net-persistent", "dhcp-leases", "logfiles")
+
+_PERSISTENT_NET = (
+    "/etc/udev/rules.d/70-persistent-net.rules",
+    "/etc/udev/rules.d/70-persistent-cd.rules",
+)
+_LEASE_GLOBS = (
+    "/var/lib/dhcp/*.leases",
+    "/var/lib/dhcp/dhclient*",
+    "/var/lib/dhclient/*",
+    "/var/lib/NetworkManager/*.lease",
+    "/var/lib/NetworkManager/dhclient-*",
+    "/var/lib/dhcpcd/*.lease",
+    "/var/lib/dhcpcd5/*.lease",
+    "/var/lib/wicked/lease-*",
+    "/var/lib/udhcpc/*",
+)
+
+
+def _is_file(g, path: str) -> bool:
+    """A regular file (not followed through a symlink)."""
+    return bool(g.is_file(path, followsymlinks=False))
+
+
+def _remove(g, paths: list[str]) -> list[str]:
+    """rm each regular file or symlink; the ones removed."""
+    out = []
+    for p in paths:
+        if _is_file(g, p) or g.is_symlink(p):
+            g.rm(p)
+            out.append(p)
+    return out
+
+
+def _glob(g, pattern: str) -> list[str]:
+    return sorted(g.glob_expand(pattern))
+
+
+def hostname(g, name: str) -> tuple[bool, str]:
+    """/etc/hostname = name; in /etc/hosts the template's name (and its FQDN's host part) becomes name."""
+    if not g.is_dir("/etc"):
+        return False, "no /etc (not a Linux guest)"
+    old = g.cat("/etc/hostname").strip() if _is_file(g, "/etc/hostname") else ""
+    g.write("/etc/hostname", f"{name}\n")
+    touched = ["/etc/hostname"]
+    if _is_file(g, "/etc/hosts"):
+        text = g.cat("/etc/hosts")
+        new = hosts_with_name(text, old, name)
+        if new != text:
+            g.write("/etc/hosts", new)
+            touched.append("/etc/hosts")
+    return True, f"{old or '(none)'} -> {name} in {', '.join(touched)}"
+
+
+def hosts_with_name(text: str, old: str, name: str) -> str:
+    """``text`` of /etc/hosts with the host's own entry naming ``name``.
+
+    Names equal to ``old`` (or ``old.<domain>``) become ``name`` (``name.<domain>``)
+    on every line; if no line named the host, the 127.0.1.1 line (Debian's
+    convention) is given the name, or one is added.
+    """
+    lines = text.splitlines()
+    found = False
+    out = []
+    for line in lines:
+        body, sep, comment = line.partition("#")
+        fields = body.split()
+        if len(fields) >= 2 and old:
+            names = []
+            for n in fields[1:]:
+                if n == old:
+                    n, found = name, True
+                elif n.startswith(old + "."):
+                    n, found = name + n[len(old) :], True
+                names.append(n)
+            if names != fields[1:]:
+                line = "\t".join([fields[0], *names]) + (f" {sep}{comment}" if sep else "")
+        out.append(line)
+    if not found:
+        for i, line in enumerate(out):
+            fields = line.partition("#")[0].split()
+            if fields and fields[0] == "127.0.1.1":
+                out[i] = f"127.0.1.1\t{name}"
+                found = True
+                break
+    if not found:
+        out.append(f"127.0.1.1\t{name}")
+    return "\n".join(out) + "\n"
+
+
+def machine_id(g) -> tuple[bool, str]:
+    """Empty /etc/machine-id (systemd makes a new one at first boot); remove D-Bus's own copy."""
+    if not _is_file(g, "/etc/machine-id"):
+        return False, "no /etc/machine-id (no systemd)"
+    g.truncate("/etc/machine-id")
+    detail = "/etc/machine-id emptied"
+    if _is_file(g, "/var/lib/dbus/machine-id"):  # a copy (a symlink to /etc/machine-id is left)
+        g.rm("/var/lib/dbus/machine-id")
+        detail += ", /var/lib/dbus/machine-id removed"
+    return True, detail
+
+
+def ssh_hostkeys(g) -> tuple[bool, str]:
+    """Remove /etc/ssh/ssh_host_* (sshd-keygen, cloud-init or ``ssh-keygen -A`` makes new ones)."""
+    if not g.is_dir("/etc/ssh"):
+        return False, "no /etc/ssh (no SSH server installed)"
+    gone = _remove(g, _glob(g, "/etc/ssh/ssh_host_*"))
+    if not gone:
+        return False, "no SSH host keys in /etc/ssh"
+    return True, f"{len(gone)} host key file(s) removed"
+
+
+def net_persistent(g) -> tuple[bool, str]:
+    gone = _remove(g, list(_PERSISTENT_NET))
+    if not gone:
+        return False, "no udev persistent-net rules"
+    return True, f"removed {', '.join(gone)}"
+
+
+def dhcp_leases(g) -> tuple[bool, str]:
+    files = sorted({p for pattern in _LEASE_GLOBS for p in _glob(g, pattern)})
+    gone = _remove(g, files)
+    if not gone:
+        return False, "no DHCP client lease files"
+    return True, f"{len(gone)} lease file(s) removed"
+
+
+def logfiles(g) -> tuple[bool, str]:
+    """Truncate every regular file below /var/log (journal files, which truncation would corrupt, are removed)."""
+    if not g.is_dir("/var/log"):
+        return False, "no /var/log"
+    truncated = removed = 0
+    for rel in g.find("/var/log"):
+        path = posixpath.join("/var/log", rel)
+        if not _is_file(g, path):
+            continue
+        if rel.startswith("journal/"):
+            g.rm(path)
+            removed += 1
+        elif g.filesize(path) > 0:
+            g.truncate(path)
+            truncated += 1
+    return True, f"{truncated} log file(s) truncated" + (f", {removed} journal file(s) removed" if removed else "")
+
+
+def write_files(g, files: list[dict]) -> list[str]:
+    """Write each ``{path, content, mode, owner}`` (parents made as needed); the paths written."""
+    owners = _Owners(g)
+    out = []
+    for f in files:
+        path = f["path"]
+        parent = posixpath.dirname(path)
+        if not g.is_dir(parent):
+            g.mkdir_p(parent)
+        g.write(path, f["content"].encode("utf-8") if isinstance(f["content"], str) else f["content"])
+        g.chmod(f["mode"] if f["mode"] is not None else 0o644, path)
+        if f["owner"]:
+            uid, gid = owners.resolve(f["owner"], path)
+            g.chown(uid, gid, path)
+        out.append(path)
+    return out
+
+
+class OwnerError(Exception):
+    """An owner that the guest's /etc/passwd or /etc/group does not know."""
+
+
+class _Owners:
+    """``user[:group]`` (names or numbers) resolved in the guest's own /etc/passwd and /etc/group."""
+
+    def __init__(self, g):
+        self.g = g
+        self._tables: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def _table(self, path: str) -> dict[str, tuple[int, int]]:
+        if path not in self._tables:
+            table = {}
+            if _is_file(self.g, path):
+                for line in self.g.cat(path).splitlines():
+                    parts = line.split(":")
+                    if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+                        table[parts[0]] = (int(parts[2]), int(parts[3]))
+                    elif len(parts) >= 3 and parts[2].isdigit():
+                        table[parts[0]] = (int(parts[2]), int(parts[2]))
+            self._tables[path] = table
+        return self._tables[path]
+
+    def resolve(self, owner: str, path: str) -> tuple[int, int]:
+        user, _sep, group = owner.partition(":")
+        if user.isdigit():
+            uid, gid = int(user), int(user)
+        elif user in self._table("/etc/passwd"):
+            uid, gid = self._table("/etc/passwd")[user]
+        else:
+            raise OwnerError(f"owner {owner!r} of {path}: the guest has no user {user!r} in /etc/passwd")
+        if group:
+            if group.isdigit():
+                gid = int(group)
+            elif group in self._table("/etc/group"):
+                gid = self._table("/etc/group")[group][0]
+            else:
+                raise OwnerError(f"owner {owner!r} of {path}: the guest has no group {group!r} in /etc/group")
+        return uid, gid
+
+
+def run_operations(g, operations: list[str], name: str, files: list[dict]) -> dict:
+    """Every operation in order on the mounted guest: ``{done: [...], skipped: [{operation, reason}], files}``."""
+    done, skipped, details = [], [], {}
+    for op in operations:
+        if op == "hostname":
+            ok, detail = hostname(g, name)
+        else:
+            ok, detail = _SIMPLE[op](g)
+        if ok:
+            done.append(op)
+            details[op] = detail
+        else:
+            skipped.append(dict(operation=op, reason=detail))
+    written = write_files(g, files) if files else []
+    return dict(done=done, skipped=skipped, details=details, files=written)
+
+
+_SIMPLE = {
+    "machine-id": machine_id,
+    "ssh-hostkeys": ssh_hostkeys,
+    "net-persistent": net_persistent,
+    "dhcp-leases": dhcp_leases,
+    "logfiles": logfiles,
+}
