@@ -43,6 +43,7 @@ CLONE = """
         clones: "{{ names }}"
         dest_dir: "{{ dest }}"
         domain_type: qemu
+        identity: {operations: []}  # the base has no filesystem; bench/clone_identity.py times the reset
 """
 
 

@@ -185,9 +185,9 @@ options:
       files:
         description:
           - Files to write into every new clone after the operations, each a dict with C(path) (absolute, in
-            the guest), C(content) (text), C(mode) (octal string such as V('0600'); default V('0644')) and
-            C(owner) (C(user) or C(user:group), names from the guest's own C(/etc/passwd) and C(/etc/group), or
-            numbers). Parent directories are created.
+            the guest), C(content) (text), C(mode) (octal string such as V('0600'); default the existing file's
+            mode, or V('0644') for a new file) and C(owner) (C(user) or C(user:group), names from the guest's own
+            C(/etc/passwd) and C(/etc/group), or numbers). Parent directories are created.
           - A clone's own C(files) (in O(clones)) replace these for the same path.
         type: list
         elements: dict

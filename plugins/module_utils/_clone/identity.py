@@ -83,7 +83,13 @@ def check_files(files, where: str) -> list[dict]:
                 f"{where}[{i}] has unknown key(s) {', '.join(unknown)}.", hint="Allowed: path, content, mode, owner."
             )
         path = f.get("path")
-        if not isinstance(path, str) or not path.startswith("/") or posixpath.normpath(path) != path or path == "/":
+        if (
+            not isinstance(path, str)
+            or not path.startswith("/")
+            or path.startswith("//")
+            or posixpath.normpath(path) != path
+            or path == "/"
+        ):
             raise InvalidInput(f"{where}[{i}].path {path!r} must be an absolute, normalised file path in the guest.")
         if path in seen:
             raise InvalidInput(f"{where} writes {path} twice.")

@@ -67,29 +67,41 @@ def hostname(g, name: str) -> tuple[bool, str]:
     return True, f"{old or '(none)'} -> {name} in {', '.join(touched)}"
 
 
+def _loopback_name(name: str) -> bool:
+    """Names that belong to the loopback entries of every host, never to one machine."""
+    return name.startswith(("localhost", "ip6-"))
+
+
 def hosts_with_name(text: str, old: str, name: str) -> str:
     """``text`` of /etc/hosts with the host's own entry naming ``name``.
 
-    Names equal to ``old`` (or ``old.<domain>``) become ``name`` (``name.<domain>``)
-    on every line; if no line named the host, the 127.0.1.1 line (Debian's
-    convention) is given the name, or one is added.
+    Names equal to ``old`` (or ``old.<domain>``, and ``old``'s short name when
+    it is fully qualified) become ``name`` (``name.<domain>``) on every line;
+    loopback names (``localhost*``, ``ip6-*``) are never renamed, and an
+    ``old`` of ``localhost`` counts as none. If no line named the host, the
+    127.0.1.1 line (Debian's convention) is given the name, or one is added.
     """
-    lines = text.splitlines()
+    old = "" if _loopback_name(old) else old
+    short_old, short_new = old.split(".")[0], name.split(".")[0]
     found = False
     out = []
-    for line in lines:
+    for line in text.splitlines():
         body, sep, comment = line.partition("#")
         fields = body.split()
         if len(fields) >= 2 and old:
             names = []
             for n in fields[1:]:
-                if n == old:
+                if _loopback_name(n):
+                    pass
+                elif n == old:
                     n, found = name, True
                 elif n.startswith(old + "."):
                     n, found = name + n[len(old) :], True
+                elif n == short_old and short_old != old:
+                    n, found = short_new, True
                 names.append(n)
             if names != fields[1:]:
-                line = "\t".join([fields[0], *names]) + (f" {sep}{comment}" if sep else "")
+                line = "\t".join([fields[0], *dict.fromkeys(names)]) + (f" {sep}{comment}" if sep else "")
         out.append(line)
     if not found:
         for i, line in enumerate(out):
@@ -167,8 +179,11 @@ def write_files(g, files: list[dict]) -> list[str]:
         parent = posixpath.dirname(path)
         if not g.is_dir(parent):
             g.mkdir_p(parent)
+        mode = f["mode"]
+        if mode is None:  # an existing file keeps its mode, a new one is 0644
+            mode = g.statns(path)["st_mode"] & 0o7777 if _is_file(g, path) else 0o644
         g.write(path, f["content"].encode("utf-8") if isinstance(f["content"], str) else f["content"])
-        g.chmod(f["mode"] if f["mode"] is not None else 0o644, path)
+        g.chmod(mode, path)
         if f["owner"]:
             uid, gid = owners.resolve(f["owner"], path)
             g.chown(uid, gid, path)
