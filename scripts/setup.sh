@@ -15,7 +15,7 @@ command -v apt-get >/dev/null || { echo "setup: needs a Debian or Ubuntu machine
 # ---- distro packages -------------------------------------------------------
 packages=(
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu dnsmasq-base
-  qemu-system-x86 qemu-utils libguestfs-tools python3-guestfs extlinux busybox-static xorriso
+  qemu-system-x86 qemu-utils libguestfs-tools python3-guestfs extlinux busybox-static xorriso openssh-server
   libvirt-dev pkg-config gcc python3-dev python3-venv git
 )
 # supermin (libguestfs's appliance builder) needs a host kernel under /boot.
@@ -37,7 +37,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     ln -sf /bin/true /usr/sbin/update-initramfs
     diverted=yes
   fi
+  # No daemon of a package starts on its own (openssh-server's sshd would listen on
+  # every address): this script starts the ones the project needs, its own way.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    policy=yes
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT  # also when the install fails
+  fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  if [ -n "$policy" ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
   if [ -n "$diverted" ]; then
     rm -f /usr/sbin/update-initramfs
     dpkg-divert --local --rename --remove /usr/sbin/update-initramfs >/dev/null
