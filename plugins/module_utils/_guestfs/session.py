@@ -125,7 +125,13 @@ class GuestfsSession:
     def filesystems(self) -> dict[str, str]:
         return dict(self.g.list_filesystems())
 
-    def mount(self, mounts: dict | None = None, part: Part | None = None, parts: list | None = None) -> dict | None:
+    def mount(
+        self,
+        mounts: dict | None = None,
+        part: Part | None = None,
+        parts: list | None = None,
+        where: str = "mounts option",
+    ) -> dict | None:
         """Mount the guest's filesystems read-only; return the inspection findings (None for ``mounts``).
 
         With ``part``, the guest is the domain whose drives are that part of
@@ -136,7 +142,7 @@ class GuestfsSession:
         if mounts:
             if part is not None:
                 mounts = {part.own(dev): mp for dev, mp in mounts.items()}
-            self._mount_all(mounts, "mounts option")
+            self._mount_all(mounts, where)
             return None
         return self._inspect_and_mount(part, parts or [])
 
@@ -155,7 +161,8 @@ class GuestfsSession:
                 raise GuestfsError(
                     f"Cannot mount {dev} on {mp} ({where}): {runtime_message(exc)}",
                     hint="Devices are named as the appliance sees them (/dev/sda1, /dev/sdb2, /dev/vg/lv), not as "
-                    f"in the guest; filesystems found: {self._fs_summary()}. Leave mounts out to use inspection.",
+                    f"in the guest; filesystems found: {self._fs_summary()}."
+                    + (" Leave mounts out to use inspection." if where == "mounts option" else ""),
                 ) from exc
 
     def _mount_one(self, dev: str, mp: str) -> None:
