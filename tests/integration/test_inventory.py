@@ -287,3 +287,20 @@ def test_cache_second_call_uses_the_cache(lab, conn, tmp_path):
     assert flushed.returncode == 0, flushed.stderr
     hostvars = _plain(json.loads(flushed.stdout))["_meta"]["hostvars"]
     assert hostvars[late]["virtops_state"] == "shutoff"
+
+
+def test_kvm_domain_address_gives_the_address_the_inventory_gives(lab):
+    # the booted clone: found at once, from its lease, the inventory's ansible_host
+    r = run_module("kvm_domain_address", dict(name=[lab["clone"]], sources=["lease"], timeout=60))
+    assert not r.get("failed"), r.get("msg")
+    assert r["hosts"] == {lab["clone"]: lab["ip"]} and r["changed"] is False
+    assert r["addresses"][lab["clone"]]["source"] == "lease"
+    # a shut-off domain fails at once (no waiting for an address it cannot get), the other is still reported
+    r = run_module("kvm_domain_address", dict(name=[lab["clone"], lab["off"]], timeout=300))
+    assert r.get("failed") and r["missing"] == [lab["off"]] and r["waited"] < 30, r
+    assert f"{lab['off']}: the domain is not running" in r["msg"] and r["hosts"] == {lab["clone"]: lab["ip"]}
+    # check mode: a clone only planned so far is reported, not an error, and nothing is waited for
+    planned = f"{lab['prefix']}-planned"
+    r = run_module("kvm_domain_address", dict(name=[lab["clone"], planned]), check=True)
+    assert not r.get("failed"), r.get("msg")
+    assert r["addresses"][planned]["error"] == f"domain {planned} is not defined" and r["waited"] < 30

@@ -57,7 +57,7 @@ ALLOWED = {
     "_guestfs": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan", "_host"},
     "_snapshot": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan"},
     "_pool": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan"},
-    "_inventory": {"_deps", "_errors", "_connection", "_domain_xml", "_scan"},
+    "_inventory": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan"},
 }
 # Feature packages may use the host package only for its hardware verdict.
 HOST_PUBLIC = {"_host.probe"}
