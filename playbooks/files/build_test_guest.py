@@ -8,7 +8,11 @@ It boots under software emulation (``<domain type='qemu'>``, TCG) in seconds,
 prints one marker line on the serial port and powers off on an ACPI power
 button press, so ``virsh shutdown`` and ``virsh reboot`` work. After the marker
 it asks for a DHCP lease on each NIC (busybox udhcpc, in the background) and
-prints ``VIRTOPS-IP <interface> <address>`` when it has one.
+prints ``VIRTOPS-IP <interface> <address>`` when it has one. Also after the
+marker it serves a tiny TCP service for tests that reach it over its network:
+busybox ``httpd`` on port 8080 (``HTTP_PORT``, every address, so the leased one
+as soon as udhcpc sets it) answers ``GET /`` with one line
+``VIRTOPS-HTTP hostname=<name|none>``.
 
 Just before the marker it prints one identity line, so tests can prove that a
 clone got its own identity (kvm_clone)::
@@ -43,7 +47,7 @@ version, busybox binary, this script's own content) under ``--dest``:
 * ``manifest.json``: what was built (also printed by ``--json``), with the
   identity data: ``machine_id``, ``machine_id_files``, ``ssh_host_keys``,
   ``udev_net_rules``, ``dhcp_leases``, ``log_files``, ``identity_marker``,
-  ``seed_label``.
+  ``seed_label``; and the TCP service: ``http_port``, ``http_marker``.
 
 The cache is built in a temporary directory next to it and renamed into place
 under an fcntl lock, so a concurrent or interrupted build never leaves a
@@ -81,6 +85,10 @@ MARKER = "VIRTOPS-GUEST-UP"
 IP_MARKER = "VIRTOPS-IP"
 # Printed just before MARKER: "VIRTOPS-IDENTITY hostname=.. machine-id=<state>:<id> seed-hostname=..".
 IDENTITY_MARKER = "VIRTOPS-IDENTITY"
+# Served by busybox httpd on HTTP_PORT from HTTP_ROOT/index.html: "VIRTOPS-HTTP hostname=<name|none>".
+HTTP_MARKER = "VIRTOPS-HTTP"
+HTTP_PORT = 8080
+HTTP_ROOT = "/www"
 # /etc/machine-id of base.qcow2 (fake, fixed: a clone that kept it still has this one).
 TEMPLATE_MACHINE_ID = "7e57c0de7e57c0de7e57c0de7e57c0de"
 SEED_LABEL = "cidata"  # cloud-init NoCloud's volume label
@@ -190,6 +198,11 @@ if grep -qs atapi /sys/class/ata_device/*/class; then
 fi
 echo "{IDENTITY_MARKER} hostname=$host machine-id=$mid seed-hostname=$seed" > /dev/ttyS0
 echo "{MARKER} hostname=$host" > /dev/ttyS0
+# A tiny TCP service, after the marker (httpd forks into the background at once):
+# GET / on port {HTTP_PORT} of any address of the guest answers "{HTTP_MARKER} hostname=..".
+mkdir -p {HTTP_ROOT}
+echo "{HTTP_MARKER} hostname=$host" > {HTTP_ROOT}/index.html
+httpd -p {HTTP_PORT} -h {HTTP_ROOT}
 # Network, after the marker (a boot without a NIC is as fast as ever): a DHCP
 # client per NIC in the background; {UDHCPC_SCRIPT} sets the leased address and
 # prints "{IP_MARKER} <interface> <address>" on the serial port.
@@ -649,6 +662,8 @@ def build_into(pre: dict, digest: str, work: Path, cache: Path) -> dict:
         "template_name": TEMPLATE_NAME,
         "marker": MARKER,
         "ip_marker": IP_MARKER,
+        "http_marker": HTTP_MARKER,
+        "http_port": HTTP_PORT,
         "identity_marker": IDENTITY_MARKER,
         "machine_id": TEMPLATE_MACHINE_ID,
         "machine_id_files": ["/etc/machine-id", "/var/lib/dbus/machine-id"],

@@ -164,6 +164,20 @@ def test_builder_cache_is_reused(guest):
         assert os.path.isfile(again[key]), key
 
 
+def test_guest_serves_http_after_the_marker_and_before_dhcp(guest):
+    # busybox httpd starts after the boot marker (it never delays it) and before the DHCP clients (it
+    # listens once a lease is bound); tests/integration/test_nethost.py fetches it over a real network.
+    assert (builder.HTTP_PORT, builder.HTTP_MARKER) == (8080, "VIRTOPS-HTTP")
+    assert (guest["http_port"], guest["http_marker"]) == (builder.HTTP_PORT, builder.HTTP_MARKER)
+    init = builder.INIT_SCRIPT
+    marker = init.index(f'echo "{builder.MARKER} hostname=$host" > /dev/ttyS0')
+    page = init.index(f'echo "{builder.HTTP_MARKER} hostname=$host" > {builder.HTTP_ROOT}/index.html')
+    httpd = init.index(f"\nhttpd -p {builder.HTTP_PORT} -h {builder.HTTP_ROOT}\n")
+    assert marker < page < httpd < init.index('udhcpc "$@"')
+    applets = subprocess.run([builder.BUSYBOX, "--list"], capture_output=True, text=True, timeout=30, check=True)
+    assert "httpd" in applets.stdout.split()  # the very binary the initramfs carries
+
+
 def test_builder_names_the_missing_package(tmp_path):
     # No guestfish on PATH: the builder must say which package to install (checked before any build).
     proc = subprocess.run(
