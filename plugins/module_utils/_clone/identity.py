@@ -18,6 +18,7 @@ clone that needed it. Check mode plans and never launches.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 
@@ -164,7 +165,9 @@ def reset_batch(items: list[dict], cfg: dict, force_tcg: bool, handle_factory=No
     groups = [(i["name"], [dict(path=d["path"], format=d["format"]) for d in i["disks"]]) for i in items]
     parts = parts_of(groups)
     drives = [d for _n, ds in groups for d in ds]
-    session = GuestfsSession(drives, force_tcg=force_tcg, handle_factory=handle_factory, writable=True)
+    # two vCPUs: under software emulation the appliance's start with many drives is ~25% faster
+    smp = min(2, os.cpu_count() or 1)
+    session = GuestfsSession(drives, force_tcg=force_tcg, handle_factory=handle_factory, writable=True, smp=smp)
     out: dict[str, dict] = {}
     try:
         try:

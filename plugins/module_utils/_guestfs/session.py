@@ -56,9 +56,11 @@ class GuestfsSession:
         handle_factory: Callable | None = None,
         tcg_reason: str | None = None,
         writable: bool = False,
+        smp: int | None = None,
     ):
         self.drives = drives
         self.writable = writable
+        self.smp = smp
         self.force_tcg = force_tcg
         self.tcg_reason = tcg_reason
         self.handle_factory = handle_factory or default_handle
@@ -81,6 +83,8 @@ class GuestfsSession:
             if self.force_tcg and "force_tcg" not in settings:
                 g.set_backend_settings([*settings, "force_tcg"])
             self.backend = g.get_backend()
+            if self.smp:
+                g.set_smp(self.smp)
             for d in self.drives:
                 opts = {"readonly": not self.writable}
                 if d.get("format"):

@@ -118,6 +118,9 @@ class FakeGuestFS:
     def get_backend(self):
         return "direct"
 
+    def set_smp(self, n):
+        self.smp = n
+
     def add_drive_opts(self, path, **opts):
         assert self.launches == 0, "drives must be added before launch"
         disk = "/dev/sd" + "abcdefghijklmnopqrstuvwxyz"[len(self.drives)]
