@@ -8,6 +8,7 @@ these readers.)
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 
@@ -225,10 +226,14 @@ def provenance(root) -> dict | None:
     el = root.find(f"metadata/{{{NS}}}clone")
     if el is None:
         return None
-    created = [
-        dict(path=c.get("path"), base=c.get("base"), mode=c.get("mode"), format=c.get("format"))
-        for c in el.findall(f"{{{NS}}}disk")
-    ]
+    created = []
+    for c in el.findall(f"{{{NS}}}disk"):
+        entry = dict(path=c.get("path"), base=c.get("base"), mode=c.get("mode"), format=c.get("format"))
+        if c.get("base-digest"):  # the base's identity when the overlay was made (_drift.py)
+            entry["base_fingerprint"] = dict(
+                size=_int(c.get("base-size")), mtime=_int(c.get("base-mtime")), digest=c.get("base-digest")
+            )
+        created.append(entry)
     return dict(
         template=el.get("template"),
         mode=el.get("mode"),
@@ -288,4 +293,45 @@ def set_provenance(root, template: str, mode: str, created_disks: list[dict]) ->
     )
     for d in created_disks:
         attrs = {k: str(v) for k, v in d.items() if v is not None and k in ("path", "base", "mode", "format")}
+        attrs.update(_fingerprint_attrs(d.get("base_fingerprint")))
         etree.SubElement(el, f"{{{NS}}}disk", attrib=attrs)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _fingerprint_attrs(fp: dict | None) -> dict:
+    if not fp:
+        return {}
+    return {"base-size": str(fp["size"]), "base-mtime": str(fp["mtime"]), "base-digest": fp["digest"]}
+
+
+def set_base_fingerprints(root, now) -> bool:
+    """Record ``now(base)`` on every recorded overlay of the clone XML ``root``; whether anything changed."""
+    changed = False
+    for c in root.findall(f"metadata/{{{NS}}}clone/{{{NS}}}disk"):
+        if c.get("mode") != "overlay" or not c.get("base"):
+            continue
+        fp = now(c.get("base"))
+        if fp is None:
+            continue
+        attrs = _fingerprint_attrs(fp)
+        if any(c.get(k) != v for k, v in attrs.items()):
+            for k, v in attrs.items():
+                c.set(k, v)
+            changed = True
+    return changed
+
+
+def metadata_text(el) -> str:
+    """Our metadata element as virDomainSetMetadata wants it: without the namespace (libvirt adds it)."""
+    etree = _deps.etree
+    plain = copy.deepcopy(el)
+    for node in plain.iter():
+        node.tag = etree.QName(node).localname
+    etree.cleanup_namespaces(plain)
+    return etree.tostring(plain, encoding="unicode")

@@ -152,6 +152,16 @@ options:
       - Clone names must then be valid host names (letters, digits, C(-), C(.)).
     type: bool
     default: true
+  accept_base_change:
+    description:
+      - Each overlay clone records its base's identity (size, modification time, a digest of sampled pieces) in
+        its provenance. When a base changed after overlays were made on it (the course's rule broken), new
+        overlays on it are refused, with the base, what changed and the domains on it; existing clones of the
+        batch only get a warning.
+      - V(true) records the bases as they are now in every clone on them (RV(base_change_accepted)) and goes
+        on; set it only once you know the overlays are still good.
+    type: bool
+    default: false
   identity:
     description:
       - The offline identity reset of each clone created by this task, before its first boot, on its own new
@@ -402,6 +412,12 @@ kept_files:
   type: list
   elements: dict
   sample: [{path: /kvmfile/stu01.qcow2, used_by: [stu01-child]}]
+base_change_accepted:
+  description: With O(accept_base_change=true), the domains whose changed base was recorded anew.
+  returned: when a changed base was (or in check mode would be) accepted
+  type: list
+  elements: str
+  sample: [stu01, stu02]
 domain_type_reason:
   description: Why O(domain_type=auto) chose the type it did.
   returned: when clones were planned from a template

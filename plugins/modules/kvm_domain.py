@@ -206,6 +206,16 @@ options:
         domain is not started and the error names the dependent disks."
     type: bool
     default: false
+  accept_base_change:
+    description:
+      - A clone made by virtops.kvm.kvm_clone records the identity of its overlay's base (size, modification
+        time, a digest of sampled pieces). When the base changed since, the overlay is silently corrupt, so by
+        default the domain is not started (O(state=running), V(paused), V(rebooted) from shut off) and the
+        error names the base, what changed and the domains on it.
+      - V(true) records the base as it is now and starts the domain; set it only once you know the overlay is
+        still good (for example the change was undone). With O(domains), it applies to every item.
+    type: bool
+    default: false
   boot_marker:
     description:
       - A regular expression (Python C(re)) the guest prints on its serial console when it is up, for
@@ -432,6 +442,15 @@ domain:
           returned: success
           sample: {hostname: stu01, done: [hostname, machine-id], skipped: [], files: []}
       sample: null
+    base_drift:
+      description:
+        - For a clone made by virtops.kvm.kvm_clone, each overlay whose base changed after the overlay was made
+          (C(disk), C(base), C(changes) such as V(content), V(modification time), V(size 1 -> 2 bytes)); empty
+          when none did or nothing was recorded.
+      type: list
+      elements: dict
+      returned: always
+      sample: [{disk: /kvmfile/stu01.qcow2, base: /kvmfile/base.qcow2, changes: [content, modification time]}]
     pending_restart:
       description: Same as the top-level RV(pending_restart).
       type: bool

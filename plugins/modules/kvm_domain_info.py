@@ -11,6 +11,9 @@ description:
   - Read-only. Returns all domains (like C(virsh list --all)), or those named, or those in given states,
     each with the C(virsh dominfo) fields plus disks, interfaces, consoles and the config file path.
   - With O(xml=true), each domain also carries its inactive XML (C(virsh dumpxml --inactive)).
+  - For clones made by virtops.kvm.kvm_clone, C(base_drift) (see RV(virtops.kvm.kvm_domain#module:domain))
+    reports an overlay whose base changed after the overlay was made (size, modification time or sampled
+    content); each base is read once per run.
 author:
   - virtops.kvm developers (@virtops)
 extends_documentation_fragment:
@@ -93,6 +96,7 @@ domains:
       consoles: [{device: serial, type: pty, path: /dev/pts/3, target_type: isa-serial, port: "0"}]
       config_file: /etc/libvirt/qemu/web1.xml
       provenance: null
+      base_drift: []
       pending_restart: false
 missing:
   description: Names given in O(name) that are not defined.

@@ -10,6 +10,8 @@ the others complete, and the run ends with an error naming the failed ones.
 
 from __future__ import annotations
 
+import copy
+
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, result
@@ -18,6 +20,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Pla
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import normalize_clones
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS
+from ansible_collections.virtops.kvm.plugins.module_utils._drift import describe, rerecord
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import decide_force_tcg, kvm_usable
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
@@ -42,6 +45,7 @@ class CloneManager(Manager):
         parallel=dict(type="int", default=4),
         network=dict(type="str"),
         dhcp_reservations=dict(type="bool", default=True),
+        accept_base_change=dict(type="bool", default=False),
         identity=dict(
             type="dict",
             apply_defaults=True,
@@ -89,13 +93,16 @@ class CloneManager(Manager):
                 scan = HostScan.take(self.conn)
                 plan = self._plan(scan)
                 outcomes, removed, kept, base_changed = self._act(plan, scan)
+        rerecorded = self._base_drift(plan)
         verb = "Would keep" if self.check_mode else "Kept"
         for k in kept:
             self.warn(f"{verb} {k['path']}: still used by {', '.join(k['used_by'])}.")
         bases = result.bases_report(plan, outcomes, scan, self.p["protect_base"], self.check_mode)
         out = result.build(plan, outcomes, bases, removed, kept)
         plan["reservations"].annotate(out, plan["items"])
-        out["changed"] = out["changed"] or base_changed
+        out["changed"] = out["changed"] or base_changed or bool(rerecorded)
+        if rerecorded:
+            out["base_change_accepted"] = rerecorded
         failed = [(n, o["error"]) for n, o in outcomes.items() if not o["ok"]]
         if failed:
             names = ", ".join(n for n, _why in failed)
@@ -133,6 +140,24 @@ class CloneManager(Manager):
                 outcomes[item["name"]] = act.update_one(item)
         base_changed = self.p["protect_base"] and act.protect_bases(plan, outcomes)
         return outcomes, removed, kept, base_changed
+
+    def _base_drift(self, plan: dict) -> list[str]:
+        """Warn about clones whose base drifted, or with accept_base_change re-record it; the names re-recorded."""
+        drifted = plan["drifted"]
+        if not drifted:
+            return []
+        if not self.p["accept_base_change"]:
+            for d in drifted:
+                self.warn(
+                    f"The base of domain {d['name']} changed after its overlay was made: {describe(d['drifts'])}. "
+                    "kvm_domain will not start it; set accept_base_change: true once you know it is good."
+                )
+            return []
+        if not self.check_mode:
+            with HostLock(self.lock_path, self.lock_timeout):
+                for d in drifted:
+                    rerecord(d["dom"], copy.deepcopy(d["root"]), plan["base_prints"])
+        return [d["name"] for d in drifted]
 
     def _reset_identities(self, ready: list[dict]) -> dict[str, str]:
         """The batch's one appliance over every new clone disk; name -> error for the clones it failed."""

@@ -32,6 +32,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform impor
     derived_path,
     transform,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._drift import Bases, dependents, refusal
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
@@ -82,6 +83,7 @@ class Planner:
         self.batch_uuids = set(self.used_uuids) | {s["uuid"] for s in specs if s["uuid"]}
         self.batch_macs = set(self.used_macs) | {m for s in specs for m in s["macs"]}
         self.planned_paths: dict[str, str] = {}
+        self.base_prints = Bases()  # each base's identity, read once per run
 
     def plan(self) -> dict:
         """Validate the whole batch against the host and decide every action; touches nothing."""
@@ -110,6 +112,7 @@ class Planner:
         bases = [d["path"] for d in tpl["disks"]] if tpl is not None and self.mode == "overlay" else []
         if bases and any(i["action"] == "create" for i in items):
             self._refuse_busy_bases(bases)
+        drifted = self._drifted(items, bases)
         reservations = Reservations(self.conn, self.p, self.scan)
         reservations.plan(items, tpl)
         return dict(
@@ -120,7 +123,31 @@ class Planner:
             xml_dir=xml_dir,
             domain_type_reason=reason,
             reservations=reservations,
+            drifted=drifted,
+            base_prints=self.base_prints,
         )
+
+    def _drifted(self, items: list[dict], bases: list[str]) -> list[dict]:
+        """The domains on this template's bases whose base changed since their overlay was made.
+
+        Refused (nothing created) when this run would add overlays, unless
+        ``accept_base_change``; otherwise returned so the run can warn, or
+        re-record them when accepted.
+        """
+        if not bases:
+            return []
+        real = {os.path.realpath(b) for b in bases}
+        out = []
+        for d in self.scan.domains.values():
+            found = self.base_prints.drifts(d.inactive, only=real)
+            if found:
+                out.append(dict(name=d.name, dom=d.dom, root=d.inactive, drifts=found))
+        if out and not self.p.get("accept_base_change") and any(i["action"] == "create" for i in items):
+            drifts = [x for o in out for x in o["drifts"]]
+            drifts = list({(x["base"], tuple(x["changes"])): x for x in drifts}.values())
+            deps = sorted({n for b in bases for n in dependents(self.scan.domains.values(), b)})
+            raise refusal("Refusing to add overlays", drifts, deps)
+        return out
 
     def _dest_dir(self, tpl: dict | None, wants_create: bool) -> str | None:
         """The checked dest_dir (by default the folder of the template's first disk)."""
@@ -169,7 +196,15 @@ class Planner:
             disk = self._new_disk(name, i, d, dest_dir)
             disks.append(disk)
             disk_map[d["path"]] = dict(path=disk["path"], format=disk["format"])
-            created.append(dict(path=disk["path"], base=d["path"], mode=self.mode, format=disk["format"]))
+            created.append(
+                dict(
+                    path=disk["path"],
+                    base=d["path"],
+                    mode=self.mode,
+                    format=disk["format"],
+                    base_fingerprint=self.base_prints.now(d["path"]) if self.mode == "overlay" else None,
+                )
+            )
         nvram_path, nvram_src = None, None
         if tpl["nvram"]:
             nvram_path = derived_path(tpl["nvram"], tpl["name"], name)

@@ -18,6 +18,7 @@ start.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 
@@ -37,6 +38,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import do
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.removal import absent
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.restart import restart_differences
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.transitions import Transitions
+from ansible_collections.virtops.kvm.plugins.module_utils._drift import Bases, dependents, refusal, rerecord
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, state_name
 
 STATES = ["present", "running", "shutdown", "destroyed", "paused", "absent", "rebooted"]
@@ -108,6 +110,19 @@ class DomainRun:
         timeout = self.p.get("boot_timeout")
         return BootWatch(self.name, path, marker, 180 if timeout is None else timeout, self.sleep, self.clock)
 
+    def _check_base_drift(self, dom, root) -> None:
+        """A clone whose overlay's base changed is not started (or, accepted, its base is re-recorded first)."""
+        bases = Bases()
+        drifts = bases.drifts(root)
+        if not drifts:
+            return
+        if not self.p.get("accept_base_change"):
+            deps = sorted({n for d in drifts for n in dependents(self.scan().domains.values(), d["base"])})
+            raise refusal(f"Refusing to start domain {self.name}", drifts, deps)
+        self.ctx.note("accept base change")
+        if not self.check_mode and dom is not None:
+            rerecord(dom, copy.deepcopy(root), bases)
+
     def _converge(self, dom, state: str, before_state: str | None) -> tuple[str, bool]:
         """Every state but absent: config, autostart, live metadata, transition. Returns (after text, pending)."""
         ctx = self.ctx
@@ -116,10 +131,12 @@ class DomainRun:
             raise not_defined(self.name)
         was_active = ctx.active(dom)
         live_before = ctx.live_root(dom) if was_active else None
-        if state in ("running", "paused", "rebooted") and not was_active and not self.p["allow_base_start"]:
+        if state in ("running", "paused", "rebooted") and not was_active:
             # refuse before anything changes, not after a define
             root = wanted_root if wanted_root is not None else ctx.inactive_root(dom)
-            refuse_base_start(root, self.name, self.scan)
+            if not self.p["allow_base_start"]:
+                refuse_base_start(root, self.name, self.scan)
+            self._check_base_drift(dom, root)
         watch = self._boot_watch(dom, wanted_root, state, was_active)
         defined_now = dom is None
         dom, after_root = self.config.apply(dom, wanted_root)

@@ -16,6 +16,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _storage
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.restart import restart_differences
+from ansible_collections.virtops.kvm.plugins.module_utils._drift import Bases
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import (
@@ -63,8 +64,17 @@ def _disk(d: dict) -> dict:
     )
 
 
-def scanned_info(scanned: ScannedDomain, uri: str, with_xml: bool = False, pending_restart: bool | None = None) -> dict:
-    """The info dict of a domain from its scan (XML parsed once); the libvirt calls may raise libvirtError."""
+def scanned_info(
+    scanned: ScannedDomain,
+    uri: str,
+    with_xml: bool = False,
+    pending_restart: bool | None = None,
+    bases: Bases | None = None,
+) -> dict:
+    """The info dict of a domain from its scan (XML parsed once); the libvirt calls may raise libvirtError.
+
+    ``bases``: the run's base identities (each base read once for all domains).
+    """
     dom = scanned.dom
     persistent, active = scanned.persistent, scanned.active
     _st, max_kib, cur_kib, nvcpu, cpu_ns = dom.info()
@@ -102,6 +112,7 @@ def scanned_info(scanned: ScannedDomain, uri: str, with_xml: bool = False, pendi
         consoles=dx.consoles(root),
         config_file=config_file(uri, scanned.name) if persistent else None,
         provenance=dx.provenance(inactive),
+        base_drift=(bases or Bases()).drifts(inactive),
         pending_restart=bool(pending_restart),
     )
     if with_xml:
@@ -127,11 +138,12 @@ def list_domains(conn, uri: str, names: list | None = None, states: list | None 
         wanted_states = {"shutoff" if s == "shutdown" else s for s in states}
     chosen = [scan.domains[n] for n in names if n in scan] if names else [scan.domains[n] for n in sorted(scan.domains)]
     out = []
+    bases = Bases()
     for scanned in chosen:
         if wanted_states is not None and state_name(scanned.state) not in wanted_states:
             continue
         try:
-            out.append(scanned_info(scanned, uri, with_xml))
+            out.append(scanned_info(scanned, uri, with_xml, bases=bases))
         except lv.libvirtError as exc:
             if gone(exc):
                 continue

@@ -40,6 +40,7 @@ class DomainManager(ScansHost, Manager):
         force=dict(type="bool", default=False),
         remove_storage=dict(type="str", default="none", choices=list(REMOVE_STORAGE)),
         allow_base_start=dict(type="bool", default=False),
+        accept_base_change=dict(type="bool", default=False),
         boot_marker=dict(type="str"),
         boot_timeout=dict(type="int", default=180),
     )

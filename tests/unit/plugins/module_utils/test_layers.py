@@ -26,6 +26,7 @@ ALLOWED = {
     "_xml_compare": {"_deps", "_domain_xml"},
     "_storage": {"_errors"},
     "_scan": {"_deps", "_errors", "_connection", "_domain_xml", "_storage"},
+    "_drift": {"_deps", "_errors", "_domain_xml"},
     "_network_xml": {"_deps", "_errors", "_domain_xml"},
     "_dhcp": {"_deps", "_errors", "_connection", "_network_xml"},
     "_host": {"_deps", "_errors", "_connection", "_manager"},
@@ -39,6 +40,7 @@ ALLOWED = {
         "_storage",
         "_scan",
         "_host",
+        "_drift",
     },
     "_clone": {
         "_deps",
@@ -52,6 +54,7 @@ ALLOWED = {
         "_network_xml",
         "_dhcp",
         "_guestfs",
+        "_drift",
     },
     "_network": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan", "_network_xml", "_dhcp"},
     "_guestfs": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan", "_host"},
