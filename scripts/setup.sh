@@ -15,7 +15,7 @@ command -v apt-get >/dev/null || { echo "setup: needs a Debian or Ubuntu machine
 # ---- distro packages -------------------------------------------------------
 packages=(
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu dnsmasq-base
-  qemu-system-x86 qemu-utils libguestfs-tools python3-guestfs extlinux busybox-static xorriso openssh-server
+  qemu-system-x86 qemu-utils libguestfs-tools python3-guestfs extlinux busybox-static xorriso openssh-server iproute2
   libvirt-dev pkg-config gcc python3-dev python3-venv git
 )
 # supermin (libguestfs's appliance builder) needs a host kernel under /boot.
