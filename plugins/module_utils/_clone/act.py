@@ -22,7 +22,9 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmErro
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 
-def create_all(conn, runner, items: list[dict], parallel: int, which=shutil.which, between=None) -> dict[str, dict]:
+def create_all(
+    conn, runner, items: list[dict], parallel: int, which=shutil.which, between=None, journal=None
+) -> dict[str, dict]:
     """Create the clones: files, then ``between`` (the identity reset), then domains; name -> outcome.
 
     Files (disks, NVRAM, seed) and domains are made in up to ``parallel``
@@ -32,6 +34,9 @@ def create_all(conn, runner, items: list[dict], parallel: int, which=shutil.whic
     """
     if not items:
         return {}
+    if journal is not None:  # written down before the first file exists, so a rerun can tell them ours
+        for item in items:
+            journal.write("create", item["name"], item["uuid"], planned_files(item))
     workers = min(parallel, len(items))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {item["name"]: pool.submit(make_files, runner, which, item) for item in items}
@@ -54,7 +59,24 @@ def create_all(conn, runner, items: list[dict], parallel: int, which=shutil.whic
         with ThreadPoolExecutor(max_workers=min(parallel, len(ready))) as pool:
             futures = {i["name"]: pool.submit(define_one, conn, i, made[i["name"]][0]) for i in ready}
             outcomes.update((name, future.result()) for name, future in futures.items())
+    if journal is not None:
+        for item in items:
+            o = outcomes[item["name"]]
+            if o["ok"] or "(rollback:" not in o.get("error", ""):
+                journal.done(item["name"])  # defined, or rolled back completely: nothing left to finish
     return {item["name"]: outcomes[item["name"]] for item in items}
+
+
+def planned_files(item: dict) -> list[str]:
+    """Every file a new clone's creation may leave: disks, NVRAM, seed, XML file."""
+    files = [d["path"] for d in item["disks"]]
+    if item["nvram"]:
+        files.append(item["nvram"][1])
+    if item.get("seed"):
+        files.append(item["seed"]["path"])
+    if item["xml_path"]:
+        files.append(item["xml_path"])
+    return files
 
 
 def make_files(runner, which, item: dict) -> tuple[list[str], str | None]:
@@ -150,11 +172,17 @@ def update_one(item: dict) -> dict:
     return dict(ok=True, changed=item["action"] != "none")
 
 
-def remove_all(items: list[dict], outcomes: dict, scan: HostScan) -> tuple[list[str], list[dict]]:
+def remove_all(items: list[dict], outcomes: dict, scan: HostScan, journal=None) -> tuple[list[str], list[dict]]:
     """Destroy and undefine the clones, then delete the files they alone used: (removed, kept)."""
     lv = _deps.libvirt
     removed = []
     going = {i["name"] for i in items if i["action"] == "remove"}
+    if journal is not None:  # what will be deleted, written down before the domain goes
+        deletable, _kept = disk_fates(items, going, scan)
+        for item in items:
+            if item["action"] == "remove":
+                nvram = [f["path"] for f in item["files"] if f["nvram"]]
+                journal.write("remove", item["name"], item["uuid"], deletable[item["name"]] + nvram + item["xml_paths"])
     for item in items:
         if item["action"] == "none":
             outcomes[item["name"]] = dict(ok=True, changed=False)
@@ -174,6 +202,8 @@ def remove_all(items: list[dict], outcomes: dict, scan: HostScan) -> tuple[list[
         except lv.libvirtError as exc:
             outcomes[item["name"]] = dict(ok=False, changed=False, error=exc.get_error_message() or str(exc))
             going.discard(item["name"])
+            if journal is not None:
+                journal.done(item["name"])  # still defined, nothing deleted: no intent to finish
         for f in item["files"]:
             if f["nvram"] and item["name"] in going and not os.path.exists(f["path"]):
                 removed.append(f["path"])  # libvirt removed it with the domain
@@ -185,6 +215,8 @@ def remove_all(items: list[dict], outcomes: dict, scan: HostScan) -> tuple[list[
             if os.path.lexists(path):
                 st.unlink(path)
                 removed.append(path)
+        if journal is not None:
+            journal.done(item["name"])
     return removed, kept
 
 

@@ -15,6 +15,7 @@ import copy
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, result
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import Journal
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Planner
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
@@ -70,7 +71,8 @@ class CloneManager(Manager):
 
     #: where and how long to wait for the host lock (tests use their own)
     #: handle_factory makes the identity reset's libguestfs handles
-    SEAMS = dict(lock_path=None, lock_timeout=900, handle_factory=None)
+    #: journal_dir: where the intents of interrupted runs are kept
+    SEAMS = dict(lock_path=None, lock_timeout=900, handle_factory=None, journal_dir=None)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -82,8 +84,10 @@ class CloneManager(Manager):
 
     def run(self) -> dict:
         """Scan and plan, then (unless check mode) act under the host lock; return the module result."""
+        journal = Journal(self.journal_dir, self.uri)
         if self.check_mode:
             scan = HostScan.take(self.conn)
+            self.recovered = journal.recover(scan, check_mode=True)
             plan = self._plan(scan)
             outcomes = {i["name"]: _preview(i) for i in plan["items"]}
             removed, kept = act.preview_removals(_absent(plan), scan)
@@ -91,16 +95,20 @@ class CloneManager(Manager):
         else:
             with HostLock(self.lock_path, self.lock_timeout):
                 scan = HostScan.take(self.conn)
+                self.recovered = journal.recover(scan, check_mode=False)
                 plan = self._plan(scan)
-                outcomes, removed, kept, base_changed = self._act(plan, scan)
+                outcomes, removed, kept, base_changed = self._act(plan, scan, journal)
         rerecorded = self._base_drift(plan)
+        self._report_recovery()
         verb = "Would keep" if self.check_mode else "Kept"
         for k in kept:
             self.warn(f"{verb} {k['path']}: still used by {', '.join(k['used_by'])}.")
         bases = result.bases_report(plan, outcomes, scan, self.p["protect_base"], self.check_mode)
         out = result.build(plan, outcomes, bases, removed, kept)
         plan["reservations"].annotate(out, plan["items"])
-        out["changed"] = out["changed"] or base_changed or bool(rerecorded)
+        out["changed"] = out["changed"] or base_changed or bool(rerecorded) or any(r["removed"] for r in self.recovered)
+        if self.recovered:
+            out["recovered"] = self.recovered
         if rerecorded:
             out["base_change_accepted"] = rerecorded
         failed = [(n, o["error"]) for n, o in outcomes.items() if not o["ok"]]
@@ -118,17 +126,38 @@ class CloneManager(Manager):
         return out
 
     def _plan(self, scan: HostScan) -> dict:
-        return Planner(self.p, self.specs, scan, self.conn, self.runner, self.identity, self.cloud_init).plan()
+        reclaimed = {p for r in self.recovered for p in r["removed"]}
+        return Planner(
+            self.p, self.specs, scan, self.conn, self.runner, self.identity, self.cloud_init, reclaimed
+        ).plan()
 
-    def _act(self, plan: dict, scan: HostScan) -> tuple[dict, list[str], list[dict], bool]:
+    def _report_recovery(self) -> None:
+        verb = "Would remove" if self.check_mode else "Removed"
+        for r in self.recovered:
+            what = "creating" if r["op"] == "create" else "removing"
+            if r["removed"]:
+                self.warn(
+                    f"An interrupted run left clone {r['name']} half-made while {what} it; {verb.lower()} its "
+                    f"leftovers (recorded in its intent journal): {', '.join(r['removed'])}."
+                )
+            if r["kept"]:
+                self.warn(f"Kept {', '.join(r['kept'])} of an interrupted run for {r['name']}: something uses them.")
+
+    def _act(self, plan: dict, scan: HostScan, journal: Journal) -> tuple[dict, list[str], list[dict], bool]:
         """Remove, create, update, protect: (outcomes, removed files, kept files, whether a base changed)."""
         outcomes: dict[str, dict] = {}
-        removed, kept = act.remove_all(_absent(plan), outcomes, scan)
+        removed, kept = act.remove_all(_absent(plan), outcomes, scan, journal)
         plan["reservations"].after_remove(plan["items"], outcomes)
         creates = [i for i in plan["items"] if i["action"] == "create"]
         plan["reservations"].before_create(plan["items"])
         created = act.create_all(
-            self.conn, self.runner, creates, self.p["parallel"], which=self.which, between=self._reset_identities
+            self.conn,
+            self.runner,
+            creates,
+            self.p["parallel"],
+            which=self.which,
+            between=self._reset_identities,
+            journal=journal,
         )
         plan["reservations"].after_create(created)
         for item in creates:

@@ -68,6 +68,7 @@ class Planner:
         runner,
         identity_cfg: dict | None = None,
         cloud_init: dict | None = None,
+        reclaimed: set[str] | None = None,
     ):
         self.p = params
         self.identity_cfg = identity_cfg or dict(operations=[], files=[], mounts=None, force_tcg="auto")
@@ -84,6 +85,12 @@ class Planner:
         self.batch_macs = set(self.used_macs) | {m for s in specs for m in s["macs"]}
         self.planned_paths: dict[str, str] = {}
         self.base_prints = Bases()  # each base's identity, read once per run
+        # leftovers of interrupted runs that the journal removes (in check mode: would remove) first
+        self.reclaimed = reclaimed or set()
+
+    def _taken(self, path: str) -> bool:
+        """Whether something is at ``path`` that this run may not overwrite."""
+        return os.path.lexists(path) and path not in self.reclaimed
 
     def plan(self) -> dict:
         """Validate the whole batch against the host and decide every action; touches nothing."""
@@ -210,11 +217,11 @@ class Planner:
             nvram_path = derived_path(tpl["nvram"], tpl["name"], name)
             if os.path.exists(tpl["nvram"]):
                 nvram_src = tpl["nvram"]
-                if os.path.lexists(nvram_path):
+                if self._taken(nvram_path):
                     raise Conflict(f"NVRAM file {nvram_path} for clone {name!r} already exists.")
                 created.append(dict(path=nvram_path, base=nvram_src, mode="nvram"))
         path = xml_path(xml_dir, name)
-        if path and os.path.lexists(path):
+        if path and self._taken(path):
             raise Conflict(
                 f"XML file {path} for clone {name!r} already exists and is not overwritten.",
                 hint="Remove it or choose another xml_dir.",
@@ -271,7 +278,7 @@ class Planner:
         if path in self.planned_paths:
             raise InvalidInput(f"Clones {self.planned_paths[path]!r} and {name!r} would both use seed file {path}.")
         self.planned_paths[path] = name
-        if os.path.lexists(path):
+        if self._taken(path):
             raise Conflict(
                 f"Seed file {path} for clone {name!r} already exists; it was not created by virtops.kvm for this "
                 "clone and is not overwritten.",
@@ -287,7 +294,7 @@ class Planner:
         self.planned_paths[path] = name
         if os.path.realpath(path) == os.path.realpath(d["path"]):
             raise Conflict(f"The disk of clone {name!r} would be the template's own disk {path}.")
-        if os.path.lexists(path):
+        if self._taken(path):
             raise Conflict(
                 f"Disk file {path} for clone {name!r} already exists; it was not created by "
                 "virtops.kvm for this clone and is not overwritten.",

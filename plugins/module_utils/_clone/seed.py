@@ -154,7 +154,8 @@ def build_seed(runner, which, path: str, documents: dict[str, bytes]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        tmp = tempfile.mkdtemp(prefix=".cidata-", dir=directory)
+        # named after the seed, so a rerun finds it if this run is killed here (journal.temp_paths)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=directory)
         docs = os.path.join(tmp, "seed")
         os.mkdir(docs)
         for name, data in sorted(documents.items()):

@@ -67,7 +67,14 @@ def base(conn, tmp_path):
 
 def clone(conn, tmp_path, check=False, **params):
     params = dict(dict(template=TPL, domain_type="qemu", identity={"operations": []}), **params)
-    return CloneManager(params, Held(conn), check, runner=runner, lock_path=str(tmp_path / "lock")).run()
+    return CloneManager(
+        params,
+        Held(conn),
+        check,
+        runner=runner,
+        lock_path=str(tmp_path / "lock"),
+        journal_dir=str(tmp_path) + "-journal",
+    ).run()
 
 
 def domain(name, check=False, **params):
@@ -127,6 +134,7 @@ def test_clone_records_its_base_then_refuses_new_overlays_on_a_changed_base(conn
         Held(conn),
         runner=runner,
         lock_path=str(tmp_path / "lock"),
+        journal_dir=str(tmp_path) + "-journal",
     )
     assert m.run()["changed"] is False
     assert any("The base of domain ut-drift-a changed" in w for w in m.warnings)

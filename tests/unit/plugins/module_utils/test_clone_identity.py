@@ -825,7 +825,13 @@ def manager(conn, tmp_path, apps, check_mode=False, **params):
     params.setdefault("template", TPL)
     params.setdefault("domain_type", "qemu")
     return CloneManager(
-        params, Held(conn), check_mode, runner=runner, lock_path=str(tmp_path / "lock"), handle_factory=apps
+        params,
+        Held(conn),
+        check_mode,
+        runner=runner,
+        lock_path=str(tmp_path / "lock"),
+        journal_dir=str(tmp_path) + "-journal",
+        handle_factory=apps,
     )
 
 

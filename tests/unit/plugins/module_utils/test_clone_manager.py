@@ -82,7 +82,14 @@ def manager(conn, tmp_path, check_mode=False, **params):
         params.setdefault("template", TPL)
     params.setdefault("domain_type", "qemu")
     params.setdefault("identity", {"operations": []})  # blank test disks: the reset has its own tests
-    return CloneManager(params, Held(conn), check_mode, runner=runner, lock_path=str(tmp_path / "lock"))
+    return CloneManager(
+        params,
+        Held(conn),
+        check_mode,
+        runner=runner,
+        lock_path=str(tmp_path / "lock"),
+        journal_dir=str(tmp_path) + "-journal",
+    )
 
 
 def snapshot(conn, tmp_path):

@@ -68,7 +68,14 @@ def test_a_template_on_a_snapshot_layer_is_refused_unless_told_which(conn, layer
     # through the module's manager too, before anything is created
     params = dict(template=TPL, name="ut-c1", domain_type="qemu", dest_dir=str(top.parent))
     with pytest.raises(InvalidInput, match="external snapshot layer"):
-        CloneManager(params, _Held(conn), False, runner=runner, lock_path=str(top.parent / "lock")).run()
+        CloneManager(
+            params,
+            _Held(conn),
+            False,
+            runner=runner,
+            lock_path=str(top.parent / "lock"),
+            journal_dir=str(top.parent) + "-journal",
+        ).run()
     assert "ut-c1" not in [d.name() for d in conn.listAllDomains()]
 
 

@@ -80,7 +80,14 @@ def run(conn, tmp_path, check=False, **params):
     params.setdefault("domain_type", "qemu")
     params.setdefault("identity", {"operations": []})  # blank test disks: the reset has its own tests
     params.setdefault("network", NET)
-    return CloneManager(params, Held(conn), check, runner=runner, lock_path=str(tmp_path / "lock")).run()
+    return CloneManager(
+        params,
+        Held(conn),
+        check,
+        runner=runner,
+        lock_path=str(tmp_path / "lock"),
+        journal_dir=str(tmp_path) + "-journal",
+    ).run()
 
 
 def hosts(net) -> list[dict]:
