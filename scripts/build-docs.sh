@@ -67,7 +67,10 @@ labels = [
     ("common_return_values", "reference_appendices/common_return_values.html", "Return Values"),
 ]
 head = "# Sphinx inventory version 2\n# Project: Ansible\n# Version: devel\n# The remainder of this file is compressed using zlib.\n"
+# Environment variables of ansible-core's cache settings, which the inventory plugin's page names.
+envvars = ["ANSIBLE_CACHE_PLUGIN" + s for s in ("", "_CONNECTION", "_PREFIX", "_TIMEOUT")]
 body = "".join(f"{name} std:label -1 {uri} {title}\n" for name, uri, title in labels)
+body += "".join(f"{name} std:envvar -1 reference_appendices/config.html#envvar-$ -\n" for name in envvars)
 with open(sys.argv[1], "wb") as f:
     f.write(head.encode() + zlib.compress(body.encode()))
 EOF

@@ -84,7 +84,7 @@ def test_overlay_and_copy_clones_boot_and_base_never_changes(conn, tpl, prefix, 
     # the check-mode plan named the same path (its MAC/UUID are only a preview)
     assert results[0]["clones"][0]["disks"][0]["path"] == disk["path"]
     marker = guestlib.wait_for_marker(scratch / f"{ov}.log", timeout=180)
-    assert marker == ["VIRTOPS-GUEST-UP hostname=virtops-base"]
+    assert marker == [f"VIRTOPS-GUEST-UP hostname={ov}"]  # the identity reset named it
     dom = conn.lookupByName(ov)
     root = dx.parse(dom.XMLDesc(0))
     assert dx.interfaces(root)[0]["mac"] == clone["macs"][0]
@@ -106,7 +106,7 @@ def test_overlay_and_copy_clones_boot_and_base_never_changes(conn, tpl, prefix, 
         dict(path=cdisk["path"], format="qcow2", backing_file=None, backing_format=None)
     ]
     marker = guestlib.wait_for_marker(scratch / f"{cp}.log", timeout=180)
-    assert marker == ["VIRTOPS-GUEST-UP hostname=virtops-base"]
+    assert marker == [f"VIRTOPS-GUEST-UP hostname={cp}"]
     conn.lookupByName(cp).destroy()
     assert guestlib.sha256(tpl["disk"]) == base_sum
     assert results[1]["clones"][0]["macs"] != clone["macs"]

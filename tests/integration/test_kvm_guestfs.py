@@ -40,6 +40,11 @@ def write_into_overlay(overlay) -> None:
         g.chmod(0o600, "/var/lib/virtops/blob.bin")
         g.fill(ord("x"), BIG_SIZE, "/var/lib/virtops/big.txt")
         g.ln_s("../etc/virtops-note.txt", "/var/note-link")
+        # what makes libguestfs recognise the test guest as an OS goes, so that this world
+        # exercises the single-filesystem fallback (kvm_clone's tests boot the recognised one)
+        g.rm_f("/etc/os-release")
+        if g.is_dir("/bin") and not g.ls("/bin"):
+            g.rmdir("/bin")
         g.umount_all()
         g.shutdown()
     finally:
