@@ -28,10 +28,11 @@ from collections.abc import Callable
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
     CONNECTION_ARGS,
+    GENERIC_CALL,
     Connection,
     libvirt_failed,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed
 
 # runner(argv, env=None) -> (rc, stdout, stderr); never a shell.
 Runner = Callable[..., tuple]
@@ -175,8 +176,9 @@ def _typed(exc: BaseException) -> KvmError:
             f"{exc.strerror or exc}{where}.",
             hint="Check that the path exists and that the task runs with the rights to use it (become: true).",
         )
-    err = libvirt_failed(exc, "A libvirt call")
-    err.hint = "This is libvirt's own message; if it does not say what to fix, please report it with the task."
+    err = libvirt_failed(exc, GENERIC_CALL)
+    if isinstance(err, LibvirtFailed):  # a lost daemon (ConnectionFailed) keeps its own advice
+        err.hint = "This is libvirt's own message; if it does not say what to fix, please report it with the task."
     return err
 
 
