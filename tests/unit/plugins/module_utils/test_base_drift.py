@@ -8,73 +8,37 @@ with plain file writes, which is what the fingerprint sees either way.
 from __future__ import annotations
 
 import os
-import subprocess
 
+import clonelib
 import libvirt
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _drift
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import list_domains
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.manager import DomainManager
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict
 
-URI = "test:///default"
+URI = clonelib.URI
 TPL = "ut-drift-tpl"
-
-
-def runner(argv):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
-
-
-class Held:
-    uri = URI
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
 def conn():
-    c = libvirt.open(URI)
+    c, close = clonelib.open_conn(("ut-drift",))
     yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith("ut-drift"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    c.close()
+    close()
 
 
 @pytest.fixture
 def base(conn, tmp_path):
-    path = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
-    conn.defineXML(
-        f"<domain type='test'><name>{TPL}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-        "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
-        f"<driver name='qemu' type='qcow2'/><source file='{path}'/><target dev='vda' bus='virtio'/></disk>"
-        "</devices></domain>"
-    )
-    return path
+    return clonelib.make_template(conn, tmp_path, TPL, "64M")
 
 
 def clone(conn, tmp_path, check=False, **params):
-    params = dict(dict(template=TPL, domain_type="qemu", identity={"operations": []}), **params)
-    return CloneManager(
-        params,
-        Held(conn),
-        check,
-        runner=runner,
-        lock_path=str(tmp_path / "lock"),
-        journal_dir=str(tmp_path) + "-journal",
-    ).run()
+    params = dict(dict(template=TPL, identity={"operations": []}), **params)
+    return clonelib.clone_manager(conn, tmp_path, check, **params).run()
 
 
 def domain(name, check=False, **params):
@@ -129,13 +93,7 @@ def test_clone_records_its_base_then_refuses_new_overlays_on_a_changed_base(conn
     assert not (tmp_path / "ut-drift-b.qcow2").exists()
 
     # the existing clone alone: a warning, nothing refused, nothing changed
-    m = CloneManager(
-        dict(template=TPL, name="ut-drift-a", domain_type="qemu", identity={"operations": []}),
-        Held(conn),
-        runner=runner,
-        lock_path=str(tmp_path / "lock"),
-        journal_dir=str(tmp_path) + "-journal",
-    )
+    m = clonelib.clone_manager(conn, tmp_path, template=TPL, name="ut-drift-a", identity={"operations": []})
     assert m.run()["changed"] is False
     assert any("The base of domain ut-drift-a changed" in w for w in m.warnings)
 

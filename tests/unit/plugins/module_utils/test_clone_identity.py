@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import posixpath
 import re
-import subprocess
 
-import libvirt
+import clonelib
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import identity, sysprep
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
 
@@ -777,62 +775,21 @@ def test_the_layout_follows_the_first_clones_fstab_to_each_clones_own_devices():
 TPL = "ut-tpl"
 
 
-def runner(argv):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
-
-
-def template_xml(name: str, disk: str) -> str:
-    return f"""<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64'>hvm</type></os><devices>
-<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
-<target dev='vda' bus='virtio'/></disk><interface type='user'><model type='virtio'/></interface></devices></domain>"""
-
-
 @pytest.fixture
 def conn():
-    c = libvirt.open("test:///default")
+    c, close = clonelib.open_conn()
     yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith(("ut-", "ut_")):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    c.close()
+    close()
 
 
 @pytest.fixture
 def tpl(conn, tmp_path):
-    base = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
-    conn.defineXML(template_xml(TPL, str(base)))
-    return base
-
-
-class Held:
-    """The manager's connection, holding the test's open virConnect."""
-
-    uri = "test:///default"
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def close(self) -> None:
-        pass
+    return clonelib.make_template(conn, tmp_path, TPL)
 
 
 def manager(conn, tmp_path, apps, check_mode=False, **params):
     params.setdefault("template", TPL)
-    params.setdefault("domain_type", "qemu")
-    return CloneManager(
-        params,
-        Held(conn),
-        check_mode,
-        runner=runner,
-        lock_path=str(tmp_path / "lock"),
-        journal_dir=str(tmp_path) + "-journal",
-        handle_factory=apps,
-    )
+    return clonelib.clone_manager(conn, tmp_path, check_mode, handle_factory=apps, **params)
 
 
 def files_in(tmp_path) -> list[str]:

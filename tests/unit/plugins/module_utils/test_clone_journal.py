@@ -10,61 +10,33 @@ from __future__ import annotations
 import os
 import subprocess
 
-import libvirt
+import clonelib
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import Journal
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict
 
-URI = "test:///default"
+URI = clonelib.URI
 TPL = "ut-jr-tpl"
-
-
-def runner(argv):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
-
-
-class Held:
-    uri = URI
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
 def conn():
-    c = libvirt.open(URI)
+    c, close = clonelib.open_conn(("ut-jr",))
     yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith("ut-jr"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    c.close()
+    close()
 
 
 @pytest.fixture
 def env(conn, tmp_path):
-    base = tmp_path / "images" / "base.qcow2"
-    base.parent.mkdir()
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
-    conn.defineXML(
-        f"<domain type='test'><name>{TPL}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-        "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
-        f"<driver name='qemu' type='qcow2'/><source file='{base}'/><target dev='vda' bus='virtio'/></disk>"
-        "</devices></domain>"
-    )
-    return dict(dir=base.parent, journal=str(tmp_path / "journal"), lock=str(tmp_path / "lock"))
+    (tmp_path / "images").mkdir()
+    base = clonelib.make_template(conn, tmp_path / "images", TPL)
+    return dict(dir=base.parent, journal=str(tmp_path) + "-journal")
 
 
 def clone(conn, env, check=False, **params):
-    params = dict(dict(template=TPL, domain_type="qemu", identity={"operations": []}), **params)
-    m = CloneManager(params, Held(conn), check, runner=runner, lock_path=env["lock"], journal_dir=env["journal"])
+    params = dict(dict(template=TPL, identity={"operations": []}), **params)
+    m = clonelib.clone_manager(conn, env["dir"].parent, check, **params)
     return m.run(), m
 
 

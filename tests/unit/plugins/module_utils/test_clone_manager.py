@@ -10,6 +10,7 @@ import os
 import subprocess
 import threading
 
+import clonelib
 import libvirt
 import pytest
 
@@ -31,65 +32,27 @@ from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 TPL = "ut-tpl"
 
 
-def runner(argv):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
-
-
-def template_xml(name: str, disk: str, fmt: str = "qcow2", ifaces: int = 1) -> str:
-    nics = "".join("<interface type='user'><model type='virtio'/></interface>" for _i in range(ifaces))
-    return f"""<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64'>hvm</type></os><devices>
-<disk type='file' device='disk'><driver name='qemu' type='{fmt}'/><source file='{disk}'/>
-<target dev='vda' bus='virtio'/></disk>{nics}</devices></domain>"""
+runner, template_xml, Held = clonelib.runner, clonelib.template_xml, clonelib.Held
 
 
 @pytest.fixture
 def conn():
-    c = libvirt.open("test:///default")
+    c, close = clonelib.open_conn(("ut-",))
     yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith("ut-"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    c.close()
+    close()
 
 
 @pytest.fixture
 def tpl(conn, tmp_path):
-    base = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
-    conn.defineXML(template_xml(TPL, str(base)))
-    return base
-
-
-class Held:
-    """The manager's connection, holding the test's open virConnect (or a stand-in for it)."""
-
-    uri = "test:///default"
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def close(self) -> None:
-        pass  # the fixture closes it
+    return clonelib.make_template(conn, tmp_path, TPL)
 
 
 def manager(conn, tmp_path, check_mode=False, **params):
     """A CloneManager as the module makes one: options (defaults from the spec), connection, check mode."""
     if "template_xml" not in params:
         params.setdefault("template", TPL)
-    params.setdefault("domain_type", "qemu")
     params.setdefault("identity", {"operations": []})  # blank test disks: the reset has its own tests
-    return CloneManager(
-        params,
-        Held(conn),
-        check_mode,
-        runner=runner,
-        lock_path=str(tmp_path / "lock"),
-        journal_dir=str(tmp_path) + "-journal",
-    )
+    return clonelib.clone_manager(conn, tmp_path, check_mode, **params)
 
 
 def snapshot(conn, tmp_path):

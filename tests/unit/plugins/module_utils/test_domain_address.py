@@ -7,21 +7,11 @@ the wait loop and its timeout can be driven without a real guest.
 
 from __future__ import annotations
 
-import libvirt
+import clonelib
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._inventory.wait import AddressManager
-
-
-class Held:
-    uri = "test:///default"
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def close(self) -> None:
-        pass
 
 
 class Clock:
@@ -41,14 +31,9 @@ class Clock:
 
 @pytest.fixture
 def conn():
-    c = libvirt.open("test:///default")
+    c, close = clonelib.open_conn()
     yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith("ut-"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    c.close()
+    close()
 
 
 def define(conn, name: str, mac: str | None, start: bool = True):
@@ -64,7 +49,7 @@ def define(conn, name: str, mac: str | None, start: bool = True):
 
 def run(conn, check=False, clock=None, **params):
     clock = clock or Clock()
-    m = AddressManager(params, Held(conn), check, clock=clock, sleep=clock.sleep)
+    m = AddressManager(params, clonelib.Held(conn), check, clock=clock, sleep=clock.sleep)
     return m.run(), m, clock
 
 
@@ -127,8 +112,8 @@ def test_undefined_domains_are_an_error_before_waiting_but_a_warning_in_check_mo
 
 
 def test_the_agent_needs_a_read_write_connection_the_rest_not():
-    assert AddressManager(dict(name=["x"], sources=["lease"]), Held(None)).READONLY is True
-    assert AddressManager(dict(name=["x"]), Held(None)).READONLY is False  # agent is a default source
+    assert AddressManager(dict(name=["x"], sources=["lease"]), clonelib.Held(None)).READONLY is True
+    assert AddressManager(dict(name=["x"]), clonelib.Held(None)).READONLY is False  # agent is a default source
 
 
 @pytest.mark.parametrize(
@@ -143,4 +128,4 @@ def test_the_agent_needs_a_read_write_connection_the_rest_not():
 )
 def test_bad_options_are_refused_before_anything_is_read(params, words):
     with pytest.raises(InvalidInput, match=words.replace("(", r"\(")):
-        AddressManager(params, Held(None))
+        AddressManager(params, clonelib.Held(None))

@@ -7,34 +7,17 @@ seams as test_clone_manager.
 
 from __future__ import annotations
 
-import subprocess
-
+import clonelib
 import libvirt
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _network_xml as nx
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import attach_network
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 
 TPL = "ut-ntpl"
 NET = "ut-fleetnet"
-
-
-def runner(argv):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
-
-
-class Held:
-    uri = "test:///default"
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -56,14 +39,7 @@ def conn():
 
 @pytest.fixture
 def tpl(conn, tmp_path):
-    base = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
-    conn.defineXML(f"""<domain type='test'><name>{TPL}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64'>hvm</type></os><devices>
-<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{base}'/>
-<target dev='vda' bus='virtio'/></disk>
-<interface type='user'><model type='virtio'/></interface></devices></domain>""")
-    return base
+    return clonelib.make_template(conn, tmp_path, TPL)
 
 
 @pytest.fixture
@@ -77,17 +53,9 @@ def net(conn):
 
 def run(conn, tmp_path, check=False, **params):
     params.setdefault("template", TPL)
-    params.setdefault("domain_type", "qemu")
     params.setdefault("identity", {"operations": []})  # blank test disks: the reset has its own tests
     params.setdefault("network", NET)
-    return CloneManager(
-        params,
-        Held(conn),
-        check,
-        runner=runner,
-        lock_path=str(tmp_path / "lock"),
-        journal_dir=str(tmp_path) + "-journal",
-    ).run()
+    return clonelib.clone_manager(conn, tmp_path, check, **params).run()
 
 
 def hosts(net) -> list[dict]:
