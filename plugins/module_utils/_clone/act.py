@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import seed
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import connection_lost
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
@@ -62,7 +63,7 @@ def create_all(
     if journal is not None:
         for item in items:
             o = outcomes[item["name"]]
-            if o["ok"] or "(rollback:" not in o.get("error", ""):
+            if o["ok"] or not (o.get("pending") or "(rollback:" in o.get("error", "")):
                 journal.done(item["name"])  # defined, or rolled back completely: nothing left to finish
     return {item["name"]: outcomes[item["name"]] for item in items}
 
@@ -115,6 +116,15 @@ def define_one(conn, item: dict, made: list[str]) -> dict:
                 dom.create()
             xml_text = dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE) if item["xml_path"] else None
         except lv.libvirtError as exc:
+            lost = connection_lost(exc, f"Defining clone {item['name']}")
+            if lost is not None:
+                # whether the daemon defined it is unknown: nothing is undone, the journal decides next run
+                return dict(
+                    ok=False,
+                    changed=False,
+                    pending=True,
+                    error=f"{lost.message} Its files are kept; the next run finishes the clone or removes them.",
+                )
             raise LibvirtFailed(f"{exc.get_error_message() or exc}") from exc
         if item["xml_path"]:
             made.append(item["xml_path"])
@@ -142,7 +152,8 @@ def rollback(dom, files: list[str]) -> str:
                 dom.destroy()
             _undefine(dom)
         except lv.libvirtError as exc:
-            problems.append(f"undefine failed: {exc.get_error_message()}")
+            # never a domain without its disks: the files stay, with the intent, for the next run
+            return f"undefine failed ({exc.get_error_message()}); its files are kept for the next run"
     for path in reversed(files):
         try:
             os.unlink(path)

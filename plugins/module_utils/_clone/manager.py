@@ -115,9 +115,15 @@ class CloneManager(Manager):
         if failed:
             names = ", ".join(n for n, _why in failed)
             why = "; ".join(f"{n}: {e}" for n, e in failed)
+            kept = [n for n, _why in failed if outcomes[n].get("pending") or "files are kept" in outcomes[n]["error"]]
+            fate = (
+                "each failed clone was rolled back and left nothing behind"
+                if not kept
+                else f"{', '.join(kept)} kept their files for the next run to finish or remove (the daemon was "
+                "lost under them); the others were rolled back"
+            )
             raise KvmError(
-                f"{len(failed)} of {len(plan['items'])} clone(s) failed ({names}); each failed clone was rolled "
-                f"back and left nothing behind. {why}",
+                f"{len(failed)} of {len(plan['items'])} clone(s) failed ({names}); {fate}. {why}",
                 changed=out["changed"],
                 clones=out["clones"],
                 bases=out["bases"],
