@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
-from ansible_collections.virtops.kvm.plugins.module_utils._clone import seed
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import seed, space
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import connection_lost
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
@@ -85,10 +85,7 @@ def make_files(runner, which, item: dict) -> tuple[list[str], str | None]:
     made: list[str] = []
     try:
         for d in item["disks"]:
-            if d["mode"] == "overlay":
-                st.create_overlay(runner, d["source"], d["path"], d["source_format"])
-            else:
-                st.copy_image(runner, d["source"], d["path"], d["source_format"])
+            space.make_disk(runner, item["name"], d)  # leaves nothing on failure; explains ENOSPC
             made.append(d["path"])
         if item["nvram"]:
             src, dst = item["nvram"]
@@ -98,7 +95,7 @@ def make_files(runner, which, item: dict) -> tuple[list[str], str | None]:
             seed.build_seed(runner, which, item["seed"]["path"], item["seed"]["documents"])
             made.append(item["seed"]["path"])
     except (KvmError, OSError) as exc:
-        return made, _message(exc)
+        return made, space.explain_failure(_message(exc), item)
     return made, None
 
 

@@ -8,9 +8,10 @@ destroys a clone for ``absent``, it writes an intent under the host lock:
 it will create or delete (fsync'ed, file and directory). It removes the intent
 once the clone is defined (or fully rolled back, or its files deleted).
 
-The next run, under the same lock, finds the intents left behind: that is
-the proof that the files they list are this collection's own leftovers, not
-someone else's files that happen to be in the way.
+The next run that names the clone, under the same lock, finds the intent
+left behind: that is the proof that the files it lists are this
+collection's own leftovers, not someone else's files that happen to be in
+the way.
 
 * ``create``, no such domain now: the files listed that still exist are
   deleted (never one another domain uses), so the clone is made anew.
@@ -97,10 +98,17 @@ class Journal:
                     out.append(record)
         return out
 
-    def recover(self, scan: HostScan, check_mode: bool) -> list[dict]:
-        """Finish or remove what interrupted runs left; ``[{name, op, removed}]`` (in check mode: would remove)."""
+    def recover(self, scan: HostScan, check_mode: bool, names: set[str]) -> list[dict]:
+        """Finish or remove what interrupted runs left for the clones ``names``; ``[{name, op, removed, kept}]``.
+
+        Only the clones the task names: a task never touches, nor reports, the
+        leftovers of another fleet (its own next run finishes them). In check
+        mode ``removed`` is what would be removed.
+        """
         report = []
         for intent in self.pending():
+            if intent["name"] not in names:
+                continue
             found = scan.get(intent["name"])
             if intent["op"] == "create" and found is not None and found.uuid == intent["uuid"]:
                 if not check_mode:

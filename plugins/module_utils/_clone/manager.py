@@ -14,7 +14,7 @@ import copy
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, result
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, result, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import Journal
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Planner
@@ -87,7 +87,7 @@ class CloneManager(Manager):
         journal = Journal(self.journal_dir, self.uri)
         if self.check_mode:
             scan = HostScan.take(self.conn)
-            self.recovered = journal.recover(scan, check_mode=True)
+            self.recovered = journal.recover(scan, True, {sp["name"] for sp in self.specs})
             plan = self._plan(scan)
             outcomes = {i["name"]: _preview(i) for i in plan["items"]}
             removed, kept = act.preview_removals(_absent(plan), scan)
@@ -95,10 +95,12 @@ class CloneManager(Manager):
         else:
             with HostLock(self.lock_path, self.lock_timeout):
                 scan = HostScan.take(self.conn)
-                self.recovered = journal.recover(scan, check_mode=False)
+                self.recovered = journal.recover(scan, False, {sp["name"] for sp in self.specs})
                 plan = self._plan(scan)
                 outcomes, removed, kept, base_changed = self._act(plan, scan, journal)
         rerecorded = self._base_drift(plan)
+        for warning in space.headroom_warnings(plan["space"]):
+            self.warn(warning)
         self._report_recovery()
         verb = "Would keep" if self.check_mode else "Kept"
         for k in kept:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.existing import plan_absent, plan_existing, xml_path
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.identity import clone_plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.network import Reservations
@@ -120,6 +121,8 @@ class Planner:
         if bases and any(i["action"] == "create" for i in items):
             self._refuse_busy_bases(bases)
         drifted = self._drifted(items, bases)
+        # the whole batch must fit before anything is created (refused here in check mode too)
+        room = space.check_space([i for i in items if i["action"] == "create"], self.runner)
         reservations = Reservations(self.conn, self.p, self.scan)
         reservations.plan(items, tpl)
         return dict(
@@ -132,6 +135,7 @@ class Planner:
             reservations=reservations,
             drifted=drifted,
             base_prints=self.base_prints,
+            space=room,
         )
 
     def _drifted(self, items: list[dict], bases: list[str]) -> list[dict]:
