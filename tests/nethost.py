@@ -309,7 +309,8 @@ class NetHost:
 
     def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
         """``subprocess.run`` of ``argv`` in its network namespace (keyword arguments passed on)."""
-        return subprocess.run(self.argv(argv), **kw)  # the caller chooses check
+        check = kw.pop("check", False)  # the caller chooses
+        return subprocess.run(self.argv(argv), check=check, **kw)
 
     def copy_image(self, src: str | os.PathLike, name: str | None = None) -> Path:
         """Copy a file (e.g. the test guest's base) into ``images`` (mode 0644); return its path there."""

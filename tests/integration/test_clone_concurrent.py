@@ -59,7 +59,7 @@ def finish(*procs: subprocess.Popen) -> list[tuple[int, int]]:
     """(changed, failed) of each play's recap, in order; a play that failed fails the test with its output."""
     out = []
     for p in procs:
-        text, _ = p.communicate(timeout=600)
+        text = p.communicate(timeout=600)[0]
         m = RECAP.search(text or "")
         assert p.returncode == 0 and m, text[-4000:]
         out.append((int(m.group(2)), int(m.group(4))))

@@ -113,7 +113,7 @@ def test_a_guest_on_a_nethost_network_is_reached_from_inside_it_only(guest, conn
         assert json.loads(inside.stdout)[0]["dev"] == bridge
 
         # the host's own network namespace: no such bridge, no route through it (nothing is sent)
-        host_links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout)
+        host_links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout)
         assert bridge not in {link["ifname"] for link in host_links}
         assert _host_route(address).get("dev") != bridge
         # the host's libvirtd sees neither the domain nor the network

@@ -270,7 +270,9 @@ def test_make_disk_never_touches_a_file_that_appeared_after_the_plan(images, tmp
 def test_make_disk_creates_a_real_copy_or_overlay(images, tmp_path, mode):
     target = tmp_path / "c1.qcow2"
     space.make_disk(runner, "c1", disk(images["top"], mode=mode, path=target))
-    info = subprocess.run(["qemu-img", "info", "--output=json", str(target)], capture_output=True, text=True)
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(target)], capture_output=True, text=True, check=True
+    )
     has_backing = '"backing-filename"' in info.stdout
     assert has_backing is (mode == "overlay")
 
