@@ -53,6 +53,7 @@ BINDS = (
     ("log", "/var/log/libvirt"),
     ("cache", "/var/cache/libvirt"),
     ("run", "/run"),
+    ("virtops", "/var/lib/virtops-kvm"),  # kvm_clone's intent journal, when modules run inside (tests/ground.py)
 )
 DAEMON_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 HOST_ETC = Path("/etc/libvirt")
@@ -197,7 +198,7 @@ def write_config(etc: Path) -> None:
 class NetHost:
     """One simulated hypervisor in its own network, mount and UTS namespaces (see the module docstring)."""
 
-    def __init__(self, name: str, state_root: Path = STATE_ROOT, detached: bool = False) -> None:
+    def __init__(self, name: str, state_root: Path = STATE_ROOT, detached: bool = False, netns: bool = True) -> None:
         if not NAME_RE.match(name):
             raise NetHostError(f"NetHost name {name!r}: use 1-24 of a-z, 0-9, '-', starting with a letter")
         self.name = name
@@ -207,9 +208,11 @@ class NetHost:
         self.hostname = f"nethost-{name}"
         self.libvirtd_log = self.root / "log" / "libvirtd.log"
         self.detached = detached  # True: outlives the process that started it (the CLI)
+        self.netns = netns  # False: the machine's own network (tests/ground.py: sshd on a loopback address)
         self.start_seconds: float | None = None
         self._proc: subprocess.Popen | None = None
         state = self._state()
+        self.netns = state.get("netns", netns)  # a running host keeps what it was started with
         self.pid: int | None = state.get("pid") if _alive(state.get("pid"), state.get("pid_start")) else None
 
     @property
@@ -247,6 +250,7 @@ class NetHost:
         self.root.mkdir(mode=0o755)
         owner = os.getpid()
         state = {"name": self.name, "owner": owner, "owner_start": _start_time(owner), "detached": self.detached}
+        state["netns"] = self.netns
         (self.root / "state.json").write_text(json.dumps(state))
         try:
             for sub in ("images", *(b[0] for b in BINDS)):
@@ -254,9 +258,10 @@ class NetHost:
             write_config(self.root / "etc")
             if HOST_CAPS.is_dir():  # saves the QEMU probe (~4-8 s); a stale one is redone
                 shutil.copytree(HOST_CAPS, self.root / "cache" / "qemu" / "capabilities")
-            argv = ["unshare", "--net", "--mount", "--uts", "--propagation", "private", "--"]
-            argv += [sys.executable, str(Path(__file__).resolve()), "_init", str(self.root), self.hostname]
-            argv += ["0" if self.detached else str(owner), ",".join(host_namespaces())]
+            self.prepare()
+            argv = ["unshare", *(["--net"] if self.netns else []), "--mount", "--uts", "--propagation", "private"]
+            argv += ["--", sys.executable, str(Path(__file__).resolve()), "_init", str(self.root), self.hostname]
+            argv += ["0" if self.detached else str(owner), ",".join(host_namespaces()), "net" if self.netns else ""]
             with (self.root / "init.log").open("ab") as log:
                 self._proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=DAEMON_ENV,
@@ -295,6 +300,9 @@ class NetHost:
             f"init.log:\n{_tail(self.root / 'init.log')}\nlibvirtd.log:\n{_tail(self.libvirtd_log)}"
         )
 
+    def prepare(self) -> None:
+        """Called before the init starts, ``root`` made: a subclass writes its files (e.g. ``root``/sshd_config)."""
+
     def connect(self):
         """A new libvirt connection to its libvirtd (close it yourself)."""
         import libvirt
@@ -302,9 +310,12 @@ class NetHost:
         return libvirt.open(self.uri)
 
     def argv(self, argv: list[str]) -> list[str]:
-        """``argv`` prefixed to run in its network namespace only (host files, host /sys)."""
+        """``argv`` prefixed to run in its network namespace only (host files, host /sys); without a network
+        namespace of its own, in its mount and UTS namespaces (its /run, its libvirt)."""
         if not self.pid:
             raise NetHostError(f"NetHost {self.name} is not running")
+        if not self.netns:
+            return ["nsenter", f"--target={self.pid}", "--mount", "--uts", "--", *argv]
         return ["nsenter", f"--net={self.netns_path}", "--", *argv]
 
     def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
@@ -378,7 +389,7 @@ def cleanup_stale(state_root: Path = STATE_ROOT) -> list[str]:
 # --------------------------------------------------------------------------- the init (inside the namespaces)
 
 
-def _init(root: Path, hostname: str, owner: int, host: list[str]) -> int:
+def _init(root: Path, hostname: str, owner: int, host: list[str], kinds: tuple = ("net", "mnt")) -> int:
     """The NetHost's first process, in its new namespaces; ``host``: the starter's (never to be touched)."""
 
     def teardown(_signum: int, _frame: object) -> None:  # the starter died: nobody else will clean up
@@ -392,16 +403,20 @@ def _init(root: Path, hostname: str, owner: int, host: list[str]) -> int:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
         if os.getppid() != owner:
             teardown(signal.SIGHUP, None)
-    for kind in ("net", "mnt"):
+    for kind in kinds:
         mine = _ns("self", kind)
         if not mine or mine in host or not any(ns.startswith(kind + ":") for ns in host):
             print(f"nethost init: not in a new {kind} namespace ({mine}, host {host}); refusing to go on", flush=True)
             return 1
     socket.sethostname(hostname)
+    for _sub, target in BINDS:
+        os.makedirs(target, exist_ok=True)
     steps = [["mount", "--bind", str(root / sub), target] for sub, target in BINDS]
-    # a sysfs of this network namespace: /sys/class/net shows its bridges and taps, not the host's NICs
-    steps += [["mount", "-t", "sysfs", "sysfs", "/sys"], ["ip", "link", "set", "lo", "up"]]
+    if "net" in kinds:  # a sysfs of this network namespace: /sys/class/net shows its bridges and taps
+        steps += [["mount", "-t", "sysfs", "sysfs", "/sys"], ["ip", "link", "set", "lo", "up"]]
     steps += [["virtlogd", "-d"], ["libvirtd", "-d"]]
+    if (root / "sshd_config").exists():  # tests/ground.py: reachable over SSH on its own address
+        steps += [["/usr/sbin/sshd", "-f", str(root / "sshd_config")]]
     for argv in steps:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -415,7 +430,8 @@ def _init(root: Path, hostname: str, owner: int, host: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["_init"]:
-        return _init(Path(args[1]), args[2], int(args[3]), args[4].split(","))
+        kinds = ("net", "mnt") if args[5:6] != [""] else ("mnt",)
+        return _init(Path(args[1]), args[2], int(args[3]), args[4].split(","), kinds)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("action", choices=("start", "stop", "status", "cleanup-stale"))
     parser.add_argument("name", nargs="?")
