@@ -7,4 +7,5 @@
 - daemons.py: the init system and the libvirt daemon (systemd units or directly started)
 - versions.py: libvirt and QEMU versions, and whether the daemon answers
 - manager.py: HostManager, the kvm_host module's work (packages, then daemon, then probe)
+- info.py: HostInfoManager, kvm_host_info's read of capacity and domains (fleet placement)
 """
