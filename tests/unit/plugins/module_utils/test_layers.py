@@ -61,6 +61,7 @@ ALLOWED = {
     "_snapshot": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan"},
     "_pool": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan"},
     "_inventory": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan"},
+    "_image": {"_deps", "_errors"},
 }
 # Feature packages may use the host package only for its hardware verdict.
 HOST_PUBLIC = {"_host.probe"}
