@@ -251,15 +251,19 @@ def test_over_ssh_each_transfer_method_copies_once(tmp_path, sshd):
     hosts = tmp_path / "host"
     hosts.mkdir()
     tasks = []
-    for method in ("sftp", "scp", "piped"):
+    # "compressed": ansible-core's default ssh_args (-C): the copy takes a master of its own without it
+    compressed = {"ansible_ssh_transfer_method": "sftp"}
+    compressed["ansible_ssh_args"] = "-C -o ControlMaster=auto -o ControlPersist=1s"
+    for method in ("sftp", "scp", "piped", "compressed"):
         args = dict(src=str(src), dest=str(hosts / f"{method}.qcow2"))
-        tasks.append(dict(task(method, **args), vars={"ansible_ssh_transfer_method": method}))
+        how = compressed if method == "compressed" else {"ansible_ssh_transfer_method": method}
+        tasks.append(dict(task(method, **args), vars=how))
         tasks.append(task(f"{method}_again", **args))
     res = run_play(tmp_path, tasks, [t["name"] for t in tasks], ssh=sshd)[0]
-    for method in ("sftp", "scp", "piped"):
+    for method in ("sftp", "scp", "piped", "compressed"):
         first, again = res[method], res[f"{method}_again"]
         assert not first.get("failed") and not again.get("failed"), (first.get("msg"), again.get("msg"))
         assert first["copied"] is True and first["transfer"]["bytes"] == src.stat().st_size
         assert again["changed"] is False and again["checksum_cached"] is True and again["sha256"] == sha
         assert (hosts / f"{method}.qcow2").read_bytes() == src.read_bytes()
-    assert listing(hosts) == ["piped.qcow2", "scp.qcow2", "sftp.qcow2"]
+    assert listing(hosts) == ["compressed.qcow2", "piped.qcow2", "scp.qcow2", "sftp.qcow2"]
