@@ -29,6 +29,21 @@ def module_env(extra: dict | None = None) -> dict:
     return env
 
 
+def playbook_env(**extra: str) -> dict:
+    """The environment for this venv's ``ansible-playbook``/``ansible`` against this checkout: the
+    repository's ansible.cfg and collection, no ANSIBLE_* of the caller's, no colour; ``extra`` on top."""
+    bin_dir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+        ANSIBLE_NOCOLOR="1",
+        PATH=f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}",
+    )
+    env.update(extra)
+    return env
+
+
 def run_module(
     name: str, args: dict, check: bool = False, diff: bool = True, env: dict | None = None, timeout: float = 900
 ) -> dict:

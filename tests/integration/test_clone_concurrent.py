@@ -21,7 +21,7 @@ import guestlib
 import libvirt
 import pytest
 import yaml
-from harness import ROOT
+from harness import playbook_env
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
@@ -41,13 +41,7 @@ def playbook(tmp: Path, name: str, clones: list[str], state: str, tpl: str, dest
 
 
 def start(book: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
-        ANSIBLE_NOCOLOR="1",
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-    )
+    env = playbook_env()
     argv = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local"]
     argv += ["-e", f"ansible_python_interpreter={sys.executable}", str(book)]
     return subprocess.Popen(

@@ -12,7 +12,6 @@ where, and a rerun after it heals converges. Nothing is sent but to 127.0.0.0/8.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import ground as groundlib
 import guestlib
 import pytest
 import yaml
-from harness import ROOT
+from harness import ROOT, playbook_env
 
 pytestmark = pytest.mark.slow
 
@@ -89,15 +88,7 @@ def play(tmp: Path, fleet: dict, fault: tuple[str, str] | None = None) -> Path:
 
 def run(inventory: Path, book: Path, *args: str, check: bool = False) -> tuple[int, dict, str]:
     """ansible-playbook; (rc, host -> (changed, unreachable, failed), output)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_TIMEOUT="5",
-        ANSIBLE_FORKS="10",
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-    )
+    env = playbook_env(ANSIBLE_TIMEOUT="5", ANSIBLE_FORKS="10")
     report = book.parent / "report.json"
     if report.exists():
         report.unlink()

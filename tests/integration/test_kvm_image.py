@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import ROOT
+from harness import playbook_env
 
 BIN = Path(sys.executable).parent
 RESULT = re.compile(r"^ok: \[[^\]]+\] => (\{.*\})$", re.M)
@@ -49,16 +49,11 @@ def run_play(
     ]
     book = tmp / "play.yml"
     book.write_text(yaml.safe_dump(play, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
+    env = playbook_env(
         ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
         ANSIBLE_CALLBACK_RESULT_FORMAT="json",
         ANSIBLE_CALLBACK_FORMAT_PRETTY="false",
         XDG_CACHE_HOME=str(tmp / "cache"),
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
     )
     argv = [str(BIN / "ansible-playbook"), *(ssh or ["-i", "localhost,", "-c", "local"])]
     argv += ["-e", f"ansible_python_interpreter={sys.executable}", str(book)]
