@@ -239,6 +239,11 @@ class NetHost:
     def start(self, timeout: float = START_TIMEOUT) -> NetHost:
         """Start it; return once its libvirtd answers on ``uri`` (NetHostError with the logs' tails if not)."""
         t0 = time.monotonic()
+        if not os.path.ismount("/"):  # unshare --propagation private cannot change it (EINVAL)
+            raise NetHostError(
+                "a NetHost needs / to be a mount point, to keep its mounts private: this looks like a chroot; "
+                "run the tests on the machine itself, in a container or in a VM"
+            )
         self.root.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root.parent, 0o755)  # libvirt-qemu must traverse to the images
         if self.root.exists():
