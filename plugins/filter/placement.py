@@ -77,6 +77,7 @@ class _Host:
     cpus: int = 0
     memory_free_mib: int = 0
     vcpus_allocated: int = 0
+    drained: bool = False  # in maintenance (kvm_host_info's host.drained): keeps its clones, gets no new one
 
 
 def _defaults(value) -> dict:
@@ -132,6 +133,9 @@ def _hosts(value, rule: str) -> list:
         if not reachable:
             hosts.append(_Host(name, False))
             continue
+        drained = item.get("drained", False)
+        if not isinstance(drained, bool):
+            _fail(f"host {name!r}: 'drained' must be true or false, got {_kind(drained)}.")
         domains = item.get("domains")
         if not isinstance(domains, (list, tuple)) or not all(isinstance(d, str) for d in domains):
             _fail(
@@ -150,6 +154,7 @@ def _hosts(value, rule: str) -> list:
                 numbers["cpus"] or 0,
                 numbers["memory_free_mib"] or 0,
                 numbers["vcpus_allocated"] or 0,
+                drained,
             )
         )
     return hosts
@@ -229,7 +234,13 @@ def _shared_groups(plan: _Plan) -> list:
 def _choose(clone: _Clone, reachable: list, plan: _Plan) -> str:
     """The host for a new clone without a pin, by the rule, among the hosts its group leaves."""
     taken = plan.groups.get(clone.group, {}) if clone.group is not None else {}
-    candidates = [h for h in reachable if h.name not in taken]
+    open_hosts = [h for h in reachable if not h.drained]
+    if not open_hosts:
+        _fail(
+            f"no host is left for clone {clone.name!r}: every reachable host is drained "
+            f"({', '.join(h.name for h in reachable)}). Undrain one, or add a host."
+        )
+    candidates = [h for h in open_hosts if h.name not in taken]
     if not candidates:
         _fail(
             f"no host is left for clone {clone.name!r} of anti-affinity group {clone.group!r}: its members "
@@ -256,6 +267,8 @@ def _choose(clone: _Clone, reachable: list, plan: _Plan) -> str:
 
 def _hold_reason(clone: _Clone, by_name: dict, reachable: list, unreachable: list, replace: bool) -> str | None:
     """Why a clone not found on a reachable host may not be placed now, or None when it may."""
+    if clone.pin is not None and by_name[clone.pin].reachable and by_name[clone.pin].drained:
+        return f"pinned to host {clone.pin}, which is drained (in maintenance); it is placed when the host is undrained"
     if clone.pin is not None and not by_name[clone.pin].reachable:
         return (
             f"pinned to host {clone.pin}, which is unreachable (its facts could not be read); it is placed when "

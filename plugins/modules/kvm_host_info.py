@@ -117,6 +117,19 @@ host:
       returned: always
       type: int
       sample: 24576
+    drained:
+      description:
+        - Whether the hypervisor is drained for maintenance (the C(virtops.kvm.kvm_drain) role's marker
+          C(/var/lib/virtops-kvm/drained.json) exists on the machine the module runs on, so run it on the
+          hypervisor itself). Placement (P(virtops.kvm.fleet_placement#filter)) puts no new clone there.
+      returned: always
+      type: bool
+      sample: false
+    drained_moved:
+      description: While drained, which domain the drain moved to which hypervisor (inventory names).
+      returned: always
+      type: dict
+      sample: {stu-01: hv1}
   sample:
     hostname: hv1.example.com
     uri: qemu:///system

@@ -25,10 +25,15 @@ else while the list is read is left out (neither listed nor counted).
 
 from __future__ import annotations
 
+import json
+import os
+
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 
+# Written by the kvm_drain role on a hypervisor in maintenance: placement keeps new clones off it.
+DRAIN_MARKER = "/var/lib/virtops-kvm/drained.json"
 _KIB_PER_MIB = 1024
 _BYTES_PER_MIB = 1024 * 1024
 
@@ -84,7 +89,21 @@ def host_info(conn) -> tuple[dict, list[str]]:
         vcpus_defined=sum(u["vcpus"] for u in usages),
         memory_defined_mib=sum(u["memory_kib"] for u in usages) // _KIB_PER_MIB,
     )
+    host.update(drain_state())
     return host, sorted(u["name"] for u in usages)
+
+
+def drain_state(marker: str = DRAIN_MARKER) -> dict:
+    """``{drained, drained_moved}`` from the kvm_drain role's marker on the machine the module runs on."""
+    try:
+        with open(marker, encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return dict(drained=False, drained_moved={})
+    except (OSError, ValueError):
+        return dict(drained=os.path.exists(marker), drained_moved={})  # a marker is a marker, readable or not
+    moved = record.get("moved") if isinstance(record, dict) else None
+    return dict(drained=True, drained_moved=moved if isinstance(moved, dict) else {})
 
 
 class HostInfoManager(Manager):

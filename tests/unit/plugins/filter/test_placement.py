@@ -501,3 +501,23 @@ def test_the_filter_through_ansible(tmp_path, ansible_cli):
         "hv4": [],
     }
     assert out["unreachable"] == ["hv4"] and out["held"] == [] and len(out["warnings"]) == 1
+
+
+def test_a_drained_host_keeps_its_clones_and_gets_no_new_one():
+    hosts = [
+        {"name": "hv1", "reachable": True, "domains": ["old"], "drained": True},
+        {"name": "hv2", "reachable": True, "domains": []},
+        {"name": "hv3", "reachable": True, "domains": []},
+    ]
+    out = fleet_placement(["old", "a", "b", "c", {"name": "p", "host": "hv1"}], hosts)
+    assert out["existing"] == {"old": "hv1"}
+    assert sorted(out["new"].values()) == ["hv2", "hv2", "hv3"] and "hv1" not in out["new"].values()
+    assert out["held"] == [{"name": "p", "reason": out["held"][0]["reason"]}] and "drained" in out["held"][0]["reason"]
+
+
+def test_every_host_drained_is_an_error_that_says_so():
+    hosts = [{"name": "hv1", "reachable": True, "domains": [], "drained": True}]
+    with pytest.raises(AnsibleFilterError, match="every reachable host is drained"):
+        fleet_placement(["a"], hosts)
+    with pytest.raises(AnsibleFilterError, match="'drained' must be true or false"):
+        fleet_placement(["a"], [{"name": "hv1", "reachable": True, "domains": [], "drained": "yes"}])

@@ -204,3 +204,14 @@ def test_the_module_takes_only_the_uri_and_a_read_only_connection():
     kwargs = HostInfoManager.module_kwargs()
     assert set(kwargs["argument_spec"]) == {"uri"} and kwargs["supports_check_mode"] is True
     assert HostInfoManager.READONLY and HostInfoManager.needs({}) == ("libvirt",)
+
+
+def test_the_drain_marker_says_drained_and_where_domains_went(tmp_path):
+    from ansible_collections.virtops.kvm.plugins.module_utils._host.info import drain_state
+
+    marker = tmp_path / "drained.json"
+    assert drain_state(str(marker)) == {"drained": False, "drained_moved": {}}
+    marker.write_text('{"drained": true, "moved": {"stu-01": "hv1"}}')
+    assert drain_state(str(marker)) == {"drained": True, "drained_moved": {"stu-01": "hv1"}}
+    marker.write_text("not json")
+    assert drain_state(str(marker)) == {"drained": True, "drained_moved": {}}
