@@ -63,21 +63,8 @@ def write_play(path: Path, tasks: list, variables: dict | None = None) -> Path:
 
 
 def fleet_vars(prefix: str, count: int, state: str) -> dict:
-    base = f"{IMAGES}/{prefix}-base.qcow2"
-    return {
-        "kvm_fleet_name": prefix,
-        "kvm_fleet_state": state,
-        "kvm_fleet_template_xml": guestlib.domain_xml(
-            f"{prefix}-tpl", base, f"{IMAGES}/{prefix}-tpl.log", memory_mib=128
-        ),
-        "kvm_fleet_base_images": [{"src": guestlib.build_guest()["base"], "dest": base}],
-        "kvm_fleet_dest_dir": IMAGES,
-        "kvm_fleet_domain_type": "qemu",
-        "kvm_fleet_identity": {"operations": []},
-        "kvm_fleet_clone_state": "present",
-        "kvm_fleet_placement": "spread",
-        "kvm_fleet_clones": [{"name": f"{prefix}-c{i:03d}"} for i in range(count)],
-    }
+    clones = [{"name": f"{prefix}-c{i:03d}"} for i in range(count)]
+    return guestlib.fleet_vars(prefix, clones, IMAGES, kvm_fleet_state=state)
 
 
 def main() -> None:

@@ -40,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nethost  # beside this file
 
 ROOT = Path(os.environ.get("VIRTOPS_GROUND_ROOT", "/var/lib/virtops-ground"))
+# sshd port of every host (another port and root let two grounds run side by side)
+PORT = int(os.environ.get("VIRTOPS_GROUND_PORT", "22"))
 SSHD = "/usr/sbin/sshd"
 FAULTS = ("unreachable", "timeout", "daemon", "poweroff")
 SSH_OPTIONS = (
@@ -174,7 +176,7 @@ class Hypervisor(nethost.NetHost):
 class Ground:
     """N simulated hypervisors hv1..hvN (see the module docstring)."""
 
-    def __init__(self, count: int = 3, root: Path = ROOT, port: int = 22, detached: bool = False) -> None:
+    def __init__(self, count: int = 3, root: Path = ROOT, port: int = PORT, detached: bool = False) -> None:
         if not 1 <= count <= 50:
             raise GroundError(f"a ground has 1 to 50 hypervisors, not {count}")
         self.root = Path(root)
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     start = sub.add_parser("start")
     start.add_argument("-n", "--count", type=int, default=3)
-    start.add_argument("--port", type=int, default=22)
+    start.add_argument("--port", type=int, default=PORT)
     start.add_argument("--inventory", help="write an Ansible inventory (YAML) here")
     start.add_argument("--python", default=sys.executable, help="ansible_python_interpreter of the hosts")
     sub.add_parser("stop")

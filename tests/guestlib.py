@@ -245,3 +245,26 @@ def sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def fleet_vars(prefix: str, clones: list, images: str = "/var/lib/libvirt/images", **extra) -> dict:
+    """kvm_fleet role variables for a fleet of the test guest over many hypervisors (tests/ground.py):
+    the template as XML on the base at ``images``/<prefix>-base.qcow2, the base copied from here to each
+    hypervisor (kvm_image), spread placement, no identity reset (~20 s an appliance), clones left defined;
+    ``extra`` on top."""
+    base = f"{images}/{prefix}-base.qcow2"
+    out = {
+        "kvm_fleet_name": prefix,
+        "kvm_fleet_template_xml": domain_xml(
+            f"{prefix}-tpl", base, f"{images}/{prefix}-tpl.serial.log", memory_mib=128
+        ),
+        "kvm_fleet_base_images": [{"src": build_guest()["base"], "dest": base}],
+        "kvm_fleet_dest_dir": images,
+        "kvm_fleet_domain_type": "qemu",
+        "kvm_fleet_identity": {"operations": []},
+        "kvm_fleet_clone_state": "present",
+        "kvm_fleet_placement": "spread",
+        "kvm_fleet_clones": clones,
+    }
+    out.update(extra)
+    return out

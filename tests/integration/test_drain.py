@@ -67,23 +67,8 @@ def run(inventory: Path, tmp: Path, role: str, variables: dict) -> dict:
 
 
 def fleet(prefix: str, clones: list, **extra) -> dict:
-    base = f"{IMAGES}/{prefix}-base.qcow2"
-    xml = guestlib.domain_xml(f"{prefix}-tpl", base, f"{IMAGES}/{prefix}-tpl.serial.log", memory_mib=128)
-    out = {
-        "kvm_fleet_name": prefix,
-        "kvm_fleet_template_xml": xml,
-        "kvm_fleet_base_images": [{"src": guestlib.build_guest()["base"], "dest": base}],
-        "kvm_fleet_dest_dir": IMAGES,
-        "kvm_fleet_domain_type": "qemu",
-        "kvm_fleet_identity": {"operations": []},
-        "kvm_fleet_clone_state": "present",
-        "kvm_fleet_placement": "spread",
-        "kvm_fleet_boot_marker": guestlib.MARKER,
-        "kvm_fleet_boot_timeout": 240,
-        "kvm_fleet_clones": clones,
-    }
-    out.update(extra)
-    return out
+    boot = {"kvm_fleet_boot_marker": guestlib.MARKER, "kvm_fleet_boot_timeout": 240}
+    return guestlib.fleet_vars(prefix, clones, IMAGES, **boot, **extra)
 
 
 def where(ground, prefix: str) -> dict[str, dict[str, int]]:

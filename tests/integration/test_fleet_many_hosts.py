@@ -45,21 +45,7 @@ def inventory(ground, tmp_path_factory) -> Path:
 
 
 def fleet_vars(prefix: str, clones: list, **extra) -> dict:
-    base = f"{IMAGES}/{prefix}-base.qcow2"
-    xml = guestlib.domain_xml(f"{prefix}-tpl", base, f"{IMAGES}/{prefix}-tpl.serial.log", memory_mib=128)
-    out = {
-        "kvm_fleet_name": prefix,
-        "kvm_fleet_template_xml": xml,
-        "kvm_fleet_base_images": [{"src": guestlib.build_guest()["base"], "dest": base}],
-        "kvm_fleet_dest_dir": IMAGES,
-        "kvm_fleet_domain_type": "qemu",
-        "kvm_fleet_identity": {"operations": []},
-        "kvm_fleet_clone_state": "present",
-        "kvm_fleet_placement": "spread",
-        "kvm_fleet_clones": clones,
-    }
-    out.update(extra)
-    return out
+    return guestlib.fleet_vars(prefix, clones, IMAGES, **extra)
 
 
 def play(tmp: Path, fleet: dict, fault: tuple[str, str] | None = None) -> Path:
