@@ -204,12 +204,16 @@ disks:
       sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 transfer:
   description:
-    - The bytes that moved (live; memory and disks, as libvirt counts them), the seconds it took, and up to ten
-      progress points read while it ran. Null in check mode and when nothing was to do.
+    - The bytes that moved, the seconds it took, and up to ten progress points read while it ran. Null in check
+      mode and when nothing was to do.
+    - Live, C(bytes) is C(memory_bytes) (as libvirt counts them) plus C(disk_bytes), the copied disks' allocation
+      on the destination once they arrived (a disk copy can end between two samples of libvirt's job counters).
   returned: always
   type: dict
   sample:
     bytes: 12877824
+    memory_bytes: 11829248
+    disk_bytes: 1048576
     seconds: 4.1
     progress:
       - {seconds: 1.0, bytes: 1048576, total: 290455552, disk_bytes: 1048576, memory_bytes: 0}

@@ -160,6 +160,9 @@ def test_live_migration_of_a_running_overlay_clone(ground, conns):
         assert guestlib.read_markers(outside(hv2, c.serial)) == []  # it did not boot again there
         moved = outside(hv2, c.overlay).stat().st_size
         assert moved < outside(hv2, c.base).stat().st_size / 4, moved
+        arrived = outside(hv2, c.overlay).stat().st_blocks * 512  # what the disk copy wrote there
+        assert res["transfer"]["disk_bytes"] >= arrived * 0.9, (res["transfer"], arrived)
+        assert res["transfer"]["bytes"] >= res["transfer"]["memory_bytes"] + res["transfer"]["disk_bytes"]
         assert not c.defined("hv1")
         assert not outside(hv1, c.overlay).exists()
         assert _sha(hv1, c.base) == base_sha == _sha(hv2, c.base)

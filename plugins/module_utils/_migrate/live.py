@@ -131,4 +131,5 @@ def migrate(dom, dconn, flags: int, params: dict, timeout: float, dest_alive=Non
     memory = max((p["memory_bytes"] for p in points), default=0)
     disks = max((p["disk_bytes"] for p in points), default=0)
     total = max(memory + disks, final.get("data_processed", 0))
-    return new, dict(bytes=total, seconds=round(seconds, 2), progress=pick(points))
+    result = dict(bytes=total, memory_bytes=memory, disk_bytes=disks, seconds=round(seconds, 2))
+    return new, dict(result, progress=pick(points))
