@@ -65,6 +65,10 @@ import sys, zlib
 labels = [
     ("ansible_configuration_settings", "reference_appendices/config.html", "Ansible Configuration Settings"),
     ("common_return_values", "reference_appendices/common_return_values.html", "Return Values"),
+    # a module with an action plugin (kvm_image) gets antsibull-docs' note linking these
+    ("action_plugins", "plugins/action.html", "Action plugins"),
+    ("ansible_collections.ansible.builtin.copy_module", "collections/ansible/builtin/copy_module.html",
+     "ansible.builtin.copy module"),
 ]
 head = "# Sphinx inventory version 2\n# Project: Ansible\n# Version: devel\n# The remainder of this file is compressed using zlib.\n"
 # Environment variables of ansible-core's cache settings, which the inventory plugin's page names.
