@@ -214,6 +214,7 @@ class Ground:
     def stop(self) -> None:
         for host in self.hosts:
             host.stop()
+        (self.root / "ground.json").unlink(missing_ok=True)  # no ground here any more (the key stays)
 
     def fault(self, name: str, mode: str) -> None:
         self[name].fault(mode)
@@ -279,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         elif opts.action == "stop":
             if (ROOT / "ground.json").exists():
                 _from_disk().stop()
-                (ROOT / "ground.json").unlink()
             print(json.dumps({"stopped": True}))
         elif opts.action == "status":
             print(json.dumps(_from_disk().status(), indent=2))
