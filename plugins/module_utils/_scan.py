@@ -74,6 +74,16 @@ def gone(exc) -> bool:
     return exc.get_error_code() == _deps.libvirt.VIR_ERR_NO_DOMAIN
 
 
+def lookup_domain(conn, name: str):
+    """The domain called ``name`` on ``conn``, or None when it is not defined."""
+    try:
+        return conn.lookupByName(name)
+    except _deps.libvirt.libvirtError as exc:
+        if gone(exc):
+            return None
+        raise libvirt_failed(exc, f"Looking up domain {name}") from exc
+
+
 class ScannedDomain:
     """One domain as the scan saw it: handle, identity, state and parsed XML."""
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection, libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import DomainJournal
-from ansible_collections.virtops.kvm.plugins.module_utils._scan import SHUTOFF, HostScan, gone
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import SHUTOFF, HostScan, lookup_domain
 
 
 class DomainContext(DomainJournal):
@@ -47,13 +47,7 @@ class DomainContext(DomainJournal):
         """The domain, or None when it is not defined."""
         if self.from_scan:
             return self.scanned.dom if self.scanned is not None else None
-        lv = _deps.libvirt
-        try:
-            return self.conn.lookupByName(self.name)
-        except lv.libvirtError as exc:
-            if gone(exc):
-                return None
-            raise libvirt_failed(exc, f"Looking up domain {self.name}") from exc
+        return lookup_domain(self.conn, self.name)
 
     def inactive_root(self, dom):
         """The persistent config (the live one for a transient domain), parsed."""

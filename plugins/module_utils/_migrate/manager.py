@@ -36,6 +36,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manage
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import live as live_mod
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import plan as plan_mod
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate.volumes import HostFiles, copy
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import lookup_domain
 
 
 class MigrateManager(Manager):
@@ -91,7 +92,7 @@ class MigrateManager(Manager):
     def _run(self, name: str, dest: Connection) -> dict:
         if dest.uri == self.uri:
             raise InvalidInput(f"uri and dest_uri are both {self.uri}: the domain is already there.")
-        sdom, ddom = _lookup(self.conn, name), _lookup(dest.conn, name)
+        sdom, ddom = lookup_domain(self.conn, name), lookup_domain(dest.conn, name)
         if ddom is not None and sdom is None:
             return self._result(False, name, "none", [])
         if ddom is not None:
@@ -279,13 +280,3 @@ class MigrateManager(Manager):
                     f"run, which would not overwrite it): {exc.message}"
                 )
         return ok
-
-
-def _lookup(conn, name: str):
-    lv = _deps.libvirt
-    try:
-        return conn.lookupByName(name)
-    except lv.libvirtError as exc:
-        if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
-            return None
-        raise libvirt_failed(exc, f"Looking up domain {name}") from exc

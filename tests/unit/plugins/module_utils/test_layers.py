@@ -62,7 +62,7 @@ ALLOWED = {
     "_pool": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_storage", "_scan"},
     "_inventory": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan"},
     "_image": {"_deps", "_errors"},
-    "_migrate": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_drift"},
+    "_migrate": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_drift", "_scan"},
 }
 # Feature packages may use the host package only for its hardware verdict.
 HOST_PUBLIC = {"_host.probe"}
