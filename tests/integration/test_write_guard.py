@@ -1,0 +1,162 @@
+"""The write guard (issue 24): no module writes a disk file that something else stands on.
+
+Before a write to a disk file, the collection asks the host scan who stands on it
+(the backing chains of every domain, running or not, and hand-made overlays beside
+it) and refuses, naming them. Here, per writer: a dependant is made on the file the
+writer would touch (another domain's qcow2 overlay, or an overlay file made by hand
+with no domain), what the dependant reads is recorded (its raw view, through
+``qemu-img convert -O raw``) with the sha256 of the written-to file, the module
+runs in check mode and for real, and the test asserts that both refused, named the
+dependant, and that every byte is the same afterwards.
+
+Every domain is only defined (shut off, never booted); the images are 16 MiB
+qcow2 files with a few MiB written by qemu-io, so the whole file takes seconds.
+Problems are collected and asserted together, so a run shows every broken promise
+of a scenario at once (the refusal and the bytes), not only the first.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import guestlib
+import pytest
+from harness import run_module
+
+MIB = 1024**2
+
+
+# ---------------------------------------------------------------------- images and domains
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True, timeout=60)
+
+
+def new_disk(path: Path, pattern: int, size: str = "16M") -> Path:
+    """A qcow2 image of ``size`` with its first MiB filled with ``pattern``."""
+    qemu_img("create", "-q", "-f", "qcow2", str(path), size)
+    write(path, pattern, 0)
+    path.chmod(0o644)
+    return path
+
+
+def overlay(base: Path, path: Path) -> Path:
+    """A hand-made qcow2 overlay on ``base`` (what a clone or a user makes)."""
+    return guestlib.make_overlay(base, path)
+
+
+def write(path: Path, pattern: int, offset_mib: int, length_mib: int = 1) -> None:
+    """Write ``length_mib`` MiB of byte ``pattern`` at ``offset_mib`` into the image (its top layer)."""
+    cmd = f"write -P {pattern:#x} {offset_mib}M {length_mib}M"
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", cmd, str(path)], check=True, capture_output=True, timeout=60)
+
+
+def raw_view(path: Path, work: Path) -> str:
+    """sha256 of what a guest on ``path`` reads: the whole chain flattened to raw."""
+    out = work / f".{path.name}.{guestlib.new_prefix()}.raw"
+    try:
+        qemu_img("convert", "-U", "-O", "raw", str(path), str(out))
+        return guestlib.sha256(out)
+    finally:
+        out.unlink(missing_ok=True)
+
+
+def domain_xml(name: str, disk: Path) -> str:
+    """A shut-off qemu domain with one qcow2 disk (never started here)."""
+    return f"""<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
+      <os><type arch='x86_64'>hvm</type></os><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
+      <target dev='vda' bus='virtio'/></disk></devices></domain>"""
+
+
+def define(conn, name: str, disk: Path):
+    return conn.defineXML(domain_xml(name, disk))
+
+
+def ok(result: dict) -> dict:
+    assert not result.get("failed"), result.get("msg")
+    return result
+
+
+# ---------------------------------------------------------------------- the promise
+
+
+class Guarded:
+    """What must not change: the raw view of each dependant and the bytes of each written-to file."""
+
+    def __init__(self, work: Path, views: list[Path], files: list[Path]):
+        self.work = work
+        self.views = list(views)
+        self.files = list(files)
+        self.before = self._take()
+
+    def _take(self) -> dict:
+        out = {f"view of {p.name}": raw_view(p, self.work) for p in self.views}
+        out.update({f"sha256 of {p.name}": guestlib.sha256(p) for p in self.files})
+        return out
+
+    def changed(self) -> list[str]:
+        after = self._take()
+        return [k for k in self.before if after.get(k) != self.before[k]]
+
+
+def refusal_problems(label: str, result: dict, names: list[str]) -> list[str]:
+    """Why ``result`` is not a refusal naming every one of ``names`` (empty: it is)."""
+    if not result.get("failed"):
+        return [f"{label}: did not fail (changed={result.get('changed')}, changes={result.get('changes')})"]
+    msg = result.get("msg", "")
+    missing = [n for n in names if n not in msg]
+    return [f"{label}: the refusal does not name {missing}: {msg}"] if missing else []
+
+
+def assert_refused_untouched(module: str, args: dict, guarded: Guarded, names: list[str]) -> list[dict]:
+    """Run ``module`` in check mode and for real: both must refuse naming ``names``; no byte may change.
+
+    Returns the two results.
+    """
+    problems = []
+    results = []
+    for check in (True, False):
+        label = "check mode" if check else "real run"
+        r = run_module(module, args, check=check)
+        results.append(r)
+        problems += refusal_problems(label, r, names)
+        problems += [f"{label}: {what} changed" for what in guarded.changed()]
+    assert not problems, "\n".join(problems)
+    return results
+
+
+def dependants(kind: str, conn, prefix: str, base: Path, path: Path) -> tuple[Path, list[str]]:
+    """Make the dependant on ``base``: 'domain' (a defined domain's overlay) or 'file' (an overlay, no domain).
+
+    Returns the overlay and the names a refusal must give (its path, and the domain's name).
+    """
+    overlay(base, path)
+    if kind == "domain":
+        name = f"{prefix}-dep"
+        define(conn, name, path)
+        return path, [str(path), name]
+    return path, [str(path)]
+
+
+KINDS = pytest.mark.parametrize("kind", ["domain", "file"])
+
+
+# ---------------------------------------------------------------------- kvm_snapshot
+
+
+@KINDS
+def test_revert_to_an_internal_snapshot_of_a_base(conn, prefix, scratch, kind):
+    """The known data-loss bug: reverting A to an internal snapshot rewrites A under B's overlay."""
+    a_disk = new_disk(scratch / "a.qcow2", 0x41)
+    a = f"{prefix}-a"
+    define(conn, a, a_disk)
+    ok(run_module("kvm_snapshot", dict(domain=a, name="s1")))
+    write(a_disk, 0x42, 0)  # after the snapshot: what the dependant will see
+    write(a_disk, 0x43, 4)
+    dep, names = dependants(kind, conn, prefix, a_disk, scratch / "b.qcow2")
+    write(dep, 0x44, 8)  # the dependant's own data, above A
+    guarded = Guarded(scratch, [dep], [a_disk, dep])
+    assert_refused_untouched("kvm_snapshot", dict(domain=a, name="s1", state="current"), guarded, names)
