@@ -59,8 +59,17 @@ def raw_view(path: Path, work: Path) -> str:
     try:
         qemu_img("convert", "-U", "-O", "raw", str(path), str(out))
         return guestlib.sha256(out)
+    except subprocess.CalledProcessError as exc:  # a file of the chain is gone: that is a change too
+        return f"unreadable: {exc.stderr.strip()}"
     finally:
         out.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    try:
+        return guestlib.sha256(path)
+    except FileNotFoundError:
+        return "missing"
 
 
 def domain_xml(name: str, disk: Path) -> str:
@@ -94,7 +103,7 @@ class Guarded:
 
     def _take(self) -> dict:
         out = {f"view of {p.name}": raw_view(p, self.work) for p in self.views}
-        out.update({f"sha256 of {p.name}": guestlib.sha256(p) for p in self.files})
+        out.update({f"sha256 of {p.name}": file_sha256(p) for p in self.files})
         return out
 
     def changed(self) -> list[str]:
@@ -128,20 +137,28 @@ def assert_refused_untouched(module: str, args: dict, guarded: Guarded, names: l
     return results
 
 
-def dependants(kind: str, conn, prefix: str, base: Path, path: Path) -> tuple[Path, list[str]]:
-    """Make the dependant on ``base``: 'domain' (a defined domain's overlay) or 'file' (an overlay, no domain).
+def dependant(kind: str, conn, prefix: str, base: Path, name: str = "dep") -> tuple[Path, list[str]]:
+    """Make a dependant on ``base``; returns its overlay and the names a refusal must give.
 
-    Returns the overlay and the names a refusal must give (its path, and the domain's name).
+    ``domain``: a defined domain (``<prefix>-<name>``) on an overlay beside the base;
+    ``domain-elsewhere``: the same with the overlay in another directory;
+    ``file``: an overlay file beside the base that no domain uses (made by hand).
+    A refusal must name the overlay's path, and the domain where there is one.
     """
-    overlay(base, path)
-    if kind == "domain":
-        name = f"{prefix}-dep"
-        define(conn, name, path)
-        return path, [str(path), name]
-    return path, [str(path)]
+    folder = base.parent
+    if kind == "domain-elsewhere":
+        folder = base.parent / f"elsewhere-{name}"
+        folder.mkdir(mode=0o755, exist_ok=True)
+    path = overlay(base, folder / f"{name}.qcow2")
+    write(path, 0x44, 8)  # the dependant's own data, above the base
+    if kind == "file":
+        return path, [str(path)]
+    domain = f"{prefix}-{name}"
+    define(conn, domain, path)
+    return path, [str(path), domain]
 
 
-KINDS = pytest.mark.parametrize("kind", ["domain", "file"])
+KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file"])
 
 
 # ---------------------------------------------------------------------- kvm_snapshot
@@ -154,9 +171,94 @@ def test_revert_to_an_internal_snapshot_of_a_base(conn, prefix, scratch, kind):
     a = f"{prefix}-a"
     define(conn, a, a_disk)
     ok(run_module("kvm_snapshot", dict(domain=a, name="s1")))
-    write(a_disk, 0x42, 0)  # after the snapshot: what the dependant will see
+    write(a_disk, 0x42, 0)  # after the snapshot: what the dependant reads, and a revert would undo
     write(a_disk, 0x43, 4)
-    dep, names = dependants(kind, conn, prefix, a_disk, scratch / "b.qcow2")
-    write(dep, 0x44, 8)  # the dependant's own data, above A
+    dep, names = dependant(kind, conn, prefix, a_disk)
     guarded = Guarded(scratch, [dep], [a_disk, dep])
     assert_refused_untouched("kvm_snapshot", dict(domain=a, name="s1", state="current"), guarded, names)
+
+
+@KINDS
+def test_delete_an_internal_snapshot_of_a_base(conn, prefix, scratch, kind):
+    a_disk = new_disk(scratch / "a.qcow2", 0x41)
+    a = f"{prefix}-a"
+    define(conn, a, a_disk)
+    ok(run_module("kvm_snapshot", dict(domain=a, name="s1")))
+    write(a_disk, 0x42, 0)
+    dep, names = dependant(kind, conn, prefix, a_disk)
+    guarded = Guarded(scratch, [dep], [a_disk, dep])
+    assert_refused_untouched("kvm_snapshot", dict(domain=a, name="s1", state="absent"), guarded, names)
+    assert [s.getName() for s in conn.lookupByName(a).listAllSnapshots()] == ["s1"]
+
+
+@pytest.mark.parametrize("snapshot_kind", ["internal", "external"])
+@KINDS
+def test_create_a_snapshot_of_a_base(conn, prefix, scratch, kind, snapshot_kind):
+    a_disk = new_disk(scratch / "a.qcow2", 0x41)
+    a = f"{prefix}-a"
+    define(conn, a, a_disk)
+    dep, names = dependant(kind, conn, prefix, a_disk)
+    before = sorted(p.name for p in scratch.iterdir())
+    guarded = Guarded(scratch, [dep], [a_disk, dep])
+    assert_refused_untouched("kvm_snapshot", dict(domain=a, name="s1", kind=snapshot_kind), guarded, names)
+    assert conn.lookupByName(a).listAllSnapshots() == [] and sorted(p.name for p in scratch.iterdir()) == before
+
+
+def external_world(conn, prefix: str, scratch: Path) -> tuple[str, Path, Path]:
+    """Shut-off domain A with an external snapshot s1: (A, its base a.qcow2, the layer above with later data)."""
+    a_disk = new_disk(scratch / "a.qcow2", 0x41)
+    a = f"{prefix}-a"
+    define(conn, a, a_disk)
+    ok(run_module("kvm_snapshot", dict(domain=a, name="s1", kind="external")))
+    top = scratch / f"{a}.vda.s1.qcow2"
+    assert top.is_file()
+    write(top, 0x42, 0)  # written after the snapshot, into the layer above the base
+    return a, a_disk, top
+
+
+@KINDS
+def test_delete_an_external_snapshot_whose_base_is_used(conn, prefix, scratch, kind):
+    """A commit would write the base: the layer is pulled instead, the base and its dependant untouched."""
+    a, a_disk, top = external_world(conn, prefix, scratch)
+    dep, _names = dependant(kind, conn, prefix, a_disk)
+    guarded = Guarded(scratch, [dep, top], [a_disk, dep])
+    problems = []
+    for check in (True, False):
+        r = run_module("kvm_snapshot", dict(domain=a, name="s1", state="absent"), check=check)
+        label = "check mode" if check else "real run"
+        if r.get("failed"):
+            problems.append(f"{label}: failed: {r.get('msg')}")
+        elif [m["method"] for m in r.get("merged", [])] != ["pull"]:
+            problems.append(f"{label}: merged {r.get('merged')}, not one pull")
+        problems += [f"{label}: {what} changed" for what in guarded.changed()]
+    assert not problems, "\n".join(problems)
+
+
+@KINDS
+def test_delete_an_external_snapshot_whose_layer_is_used(conn, prefix, scratch, kind):
+    """Neither a commit (writes the base, deletes the layer) nor a pull (rewrites the layer) may happen."""
+    a, a_disk, top = external_world(conn, prefix, scratch)
+    dep, names = dependant(kind, conn, prefix, top)
+    guarded = Guarded(scratch, [dep, top], [a_disk, top, dep])
+    assert_refused_untouched("kvm_snapshot", dict(domain=a, name="s1", state="absent"), guarded, names)
+
+
+@KINDS
+def test_revert_to_an_external_snapshot_keeps_a_used_later_layer(conn, prefix, scratch, kind):
+    """drop_later_state deletes the state after the snapshot, except a file something stands on."""
+    a, a_disk, top = external_world(conn, prefix, scratch)
+    dep, _names = dependant(kind, conn, prefix, top)
+    guarded = Guarded(scratch, [dep, top], [a_disk, top, dep])
+    problems = []
+    for check in (True, False):
+        r = run_module("kvm_snapshot", dict(domain=a, name="s1", state="current", drop_later_state=True), check=check)
+        label = "check mode" if check else "real run"
+        if r.get("failed"):
+            problems.append(f"{label}: failed: {r.get('msg')}")
+        elif str(top) in (r.get("removed_files") or []):
+            problems.append(f"{label}: deletes {top}, which {dep} stands on")
+        if not top.exists():
+            problems.append(f"{label}: {top} is gone")
+            break
+        problems += [f"{label}: {what} changed" for what in guarded.changed()]
+    assert not problems, "\n".join(problems)
