@@ -335,3 +335,22 @@ def metadata_text(el) -> str:
         node.tag = etree.QName(node).localname
     etree.cleanup_namespaces(plain)
     return etree.tostring(plain, encoding="unicode")
+
+
+def snapshot_bases(snapshot_root) -> dict[str, dict]:
+    """``{target: {path, format}}``: the files an external snapshot froze (``<domainsnapshot>`` element).
+
+    libvirt records, per snapshot, the disks it covers and the domain's definition at that moment: for
+    an external disk, the source in that definition is the snapshot's base, the file it stands on.
+    """
+    external = [d.get("name") for d in snapshot_root.findall("disks/disk") if d.get("snapshot") == "external"]
+    domain_el = snapshot_root.find("domain")
+    if domain_el is None or not external:
+        return {}
+    by_target = {d["target"]: d for d in disks(domain_el)}
+    out = {}
+    for target in external:
+        found = by_target.get(target)
+        if found is not None and found["path"]:
+            out[target] = dict(path=found["path"], format=found["format"])
+    return out

@@ -115,6 +115,7 @@ class HostScan:
         self.domains = domains
         self._chains: dict[str, list[str]] = {}
         self._neighbours: dict[str, list[tuple[str, list[str]]]] = {}
+        self._layers: dict[str, list[tuple[str, str]]] | None = None
 
     @classmethod
     def take(cls, conn) -> HostScan:
@@ -228,15 +229,84 @@ class HostScan:
                     )
         return users
 
+    def snapshot_layers(self) -> dict[str, list[tuple[str, str]]]:
+        """Real path -> [(domain, snapshot)] for every file an external snapshot stands on.
+
+        A snapshot stands on its base and everything below it, whether or not the domain's
+        current disk still does (after a revert, a branch of the tree may be nobody's disk).
+        Read once per scan, when a write first asks.
+        """
+        if self._layers is None:
+            lv = _deps.libvirt
+            layers: dict[str, list[tuple[str, str]]] = {}
+            for d in self.domains.values():
+                try:
+                    handles = d.dom.listAllSnapshots(0)
+                    xmls = [(h.getName(), h.getXMLDesc(0)) for h in handles]
+                except lv.libvirtError as exc:
+                    if gone(exc) or exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                        continue
+                    raise libvirt_failed(exc, f"Listing the snapshots of domain {d.name}") from exc
+                for snap, xml in xmls:
+                    root = dx.parse(xml, "snapshot XML", root_tag="domainsnapshot", dump="virsh snapshot-dumpxml")
+                    for base in dx.snapshot_bases(root).values():
+                        for real in self._chain(base["path"]):
+                            layers.setdefault(real, []).append((d.name, snap))
+            self._layers = layers
+        return self._layers
+
+    def _layer_users(self, path: str, but: str | None) -> list[str]:
+        return [
+            f"snapshot {snap} of domain {name}"
+            for name, snap in self.snapshot_layers().get(os.path.realpath(path), [])
+            if name != but
+        ]
+
+    def stands_on(self, path: str, domain: str | None = None, target: str | None = None, own=()) -> list[str]:
+        """Everything that would be hurt by a write to ``path``, as readable strings (empty: nothing).
+
+        The collection's one write guard: another domain's disk or a disk whose backing chain
+        holds the file (running or not), an overlay file beside it, a snapshot layer of any
+        domain. Left out: disk ``target`` of ``domain`` (the writer's own disk, e.g. a snapshot
+        of it), the files in ``own`` (real paths: the writer's own layers above the file) and,
+        when ``domain`` is given, that domain's own snapshots (its caller weighs them).
+        """
+        out = []
+        for u in self.users([path])[path]:
+            if u["domain"] is not None and u["domain"] == domain and (target is None or u["target"] == target):
+                continue
+            if u["relation"] == "file" and os.path.realpath(u["disk"]) in own:
+                continue
+            out.append(f"{u['disk']} (domain {u['domain']})" if u["domain"] else f"{u['disk']} (an overlay file)")
+        return sorted(set(out + self._layer_users(path, domain)))
+
+    def guard(self, paths, action: str, domain: str | None = None, target: str | None = None, own=(), label=None):
+        """Refuse ``action`` (StorageError, nothing changed) when anything stands on one of ``paths``.
+
+        ``label`` names a path in the message (e.g. ``disk vda of domain web``); the path is added.
+        """
+        found = {p: self.stands_on(p, domain, target, own) for p in paths}
+        found = {p: who for p, who in found.items() if who}
+        if found:
+            what = "; ".join(
+                f"{f'{label} ({p})' if label else p} is the base of {', '.join(who)}" for p, who in found.items()
+            )
+            raise StorageError(
+                f"Refusing to {action}: {what}. A file another disk, clone or snapshot layer stands on is "
+                "never written; nothing was changed.",
+                hint="Work on a clone of it instead, or remove what stands on it first.",
+                dependants=sorted({w for who in found.values() for w in who}),
+            )
+
     def dependents(self, path: str, exclude: str | None = None) -> list[str]:
-        """What ``path`` backs, other than the disks of domain ``exclude``, as readable strings."""
+        """What stands on ``path`` (backs it or holds it as a snapshot layer), other than domain ``exclude``."""
         out = []
         for u in self.users([path])[path]:
             if u["relation"] == "backing" and u["domain"] != exclude:
                 out.append(f"{u['disk']} (domain {u['domain']})")
             elif u["relation"] == "file":
                 out.append(f"{u['disk']} (file)")
-        return out
+        return out + self._layer_users(path, exclude)
 
 
 class ScansHost:

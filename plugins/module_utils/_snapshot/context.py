@@ -95,6 +95,19 @@ class SnapshotContext(DomainJournal):
         """``{target: its chain}`` for every disk a snapshot covers (top first)."""
         return {d["target"]: layers.chain(d["path"]) for d in self.file_disks()}
 
+    def guard(self, targets, action: str) -> None:
+        """The host's write guard for the current file of each disk in ``targets`` (StorageError, nothing changed).
+
+        The domain's own chain under each disk is its own; everyone else who stands on the file refuses.
+        """
+        chains = self.chains()
+        for target in targets:
+            files = chains.get(target)
+            if files:
+                own = {c["real"] for c in files}
+                label = f"disk {target} of domain {self.name}"
+                self.scan().guard([files[0]["path"]], action, self.name, target, own, label)
+
     def scan(self) -> HostScan:
         """Every domain of the host, read once per run (for the who-uses-this-file rule)."""
         if self._scan is None:

@@ -27,7 +27,6 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
     InvalidInput,
     LibvirtFailed,
-    StorageError,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import CRASHED, IN_SHUTDOWN, PAUSED, PMSUSPENDED
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import layers
@@ -58,24 +57,6 @@ def _refuse_mixing(ctx: SnapshotContext, kind: str, snapshots: dict) -> None:
         )
 
 
-def _refuse_used_disks(ctx: SnapshotContext, chains: dict, kind: str) -> None:
-    scan = ctx.scan()
-    for target, files in chains.items():
-        top = files[0]
-        users = layers.others(scan, ctx.name, target, top["path"], {c["real"] for c in files})
-        if users:
-            why = (
-                "an internal snapshot would write into it"
-                if kind == "internal"
-                else "an external snapshot would move the domain's disk from under them"
-            )
-            raise StorageError(
-                f"Disk {target} of domain {ctx.name} ({top['path']}) is the base of {', '.join(users)}: {why}, "
-                "and a base must never change.",
-                hint="Snapshot a clone of it instead, or remove what stands on it first.",
-            )
-
-
 def plan(ctx: SnapshotContext, name: str, kind: str, description: str | None, quiesce: str, snapshots: dict) -> dict:
     """What creating snapshot ``name`` would do: ``{kind, live, quiesce, memory, disks: [{target, file, base}]}``."""
     state, _reason = ctx.state()
@@ -90,7 +71,8 @@ def plan(ctx: SnapshotContext, name: str, kind: str, description: str | None, qu
     chains = ctx.chains()
     if not chains:
         raise InvalidInput(f"Domain {ctx.name} has no writable disk to snapshot.")
-    _refuse_used_disks(ctx, chains, kind)
+    why = "writes into the file" if kind == "internal" else "moves the domain's disk from under them"
+    ctx.guard(sorted(chains), f"create {kind} snapshot {name} (it {why})")
     out = dict(kind=kind, live=live, quiesce="none", description=description, disks=[])
     if kind == "internal":
         for target, files in chains.items():

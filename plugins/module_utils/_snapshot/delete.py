@@ -33,19 +33,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.context impo
 
 
 def _refuse_internal(ctx: SnapshotContext, snap: dict) -> None:
-    chains = ctx.chains()
-    scan = ctx.scan()
-    for d in snap["disks"]:
-        files = chains.get(d["target"])
-        if d["snapshot"] != "internal" or not files:
-            continue
-        users = layers.others(scan, ctx.name, d["target"], files[0]["path"], {c["real"] for c in files})
-        if users:
-            raise StorageError(
-                f"Snapshot {snap['name']!r} lives inside {files[0]['path']}, the base of {', '.join(users)}; "
-                "deleting it would write that file, and a base must never change.",
-                hint="Remove what stands on it first.",
-            )
+    targets = [d["target"] for d in snap["disks"] if d["snapshot"] == "internal"]
+    ctx.guard(targets, f"delete internal snapshot {snap['name']} (it lives inside the file)")
 
 
 def _based_on(snapshots: dict, path: str, but: str) -> list[str]:

@@ -57,12 +57,9 @@ def position(files: list[dict], path: str) -> int | None:
 
 
 def others(scan: HostScan, domain: str, target: str, path: str, own: set[str]) -> list[str]:
-    """Who uses ``path`` besides disk ``target`` of ``domain`` and the files in ``own`` (real paths)."""
-    out = []
-    for u in scan.users([path])[path]:
-        if u["domain"] == domain and u["target"] == target:
-            continue
-        if u["relation"] == "file" and real(u["disk"]) in own:
-            continue
-        out.append(f"{u['disk']} (domain {u['domain']})" if u["domain"] else f"{u['disk']} (an overlay file)")
-    return sorted(set(out))
+    """Who stands on ``path`` besides disk ``target`` of ``domain`` and the files in ``own`` (real paths).
+
+    The host's one write guard (``HostScan.stands_on``): other domains, overlay files, other
+    domains' snapshot layers. This domain's own snapshots are weighed by the caller.
+    """
+    return scan.stands_on(path, domain, target, own)

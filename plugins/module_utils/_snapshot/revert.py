@@ -75,6 +75,8 @@ def plan(ctx: SnapshotContext, snap: dict, snapshots: dict, drop: bool) -> dict:
     live = ctx.active()
     if snap["kind"] == "internal":
         needed = not _at_internal(ctx, snap, chains)
+        if needed:  # libvirt rewrites each covered file in place: nobody else may stand on it
+            ctx.guard(sorted(chains), f"revert to internal snapshot {snap['name']} (libvirt rewrites the file)")
         state_after = snap["state"] if snap["state"] in ("running", "paused") else "shutoff"
         return dict(kind="internal", needed=needed, live=live, state_after=state_after, disks=[])
     if not ctx.persistent():

@@ -51,14 +51,7 @@ def read(xml: str | bytes) -> dict:
             )
         )
     external = [d["target"] for d in disks if d["snapshot"] == "external"]
-    domain_el = root.find("domain")
-    bases = {}
-    if domain_el is not None:
-        by_target = {d["target"]: d for d in dx.disks(domain_el)}
-        for target in external:
-            found = by_target.get(target)
-            if found is not None and found["path"]:
-                bases[target] = dict(path=found["path"], format=found["format"])
+    bases = dx.snapshot_bases(root)
     return dict(
         name=dx.text(root, "name"),
         description=dx.text(root, "description"),

@@ -307,6 +307,44 @@ def test_a_disk_others_stand_on_gets_no_snapshot(conn, tmp_path):
     assert r["diff"]["after"].count(str(base)) == 1
 
 
+@pytest.mark.parametrize("dependant", ["domain", "file"])
+def test_no_revert_to_an_internal_snapshot_of_a_disk_others_stand_on(conn, tmp_path, dependant):
+    """The data-loss bug of issue 24: libvirt's revert rewrites the file an overlay relies on."""
+    disk = image(tmp_path / "tpl.qcow2", writes=[(0x41, "0")])
+    define(conn, disk)
+    dom = conn.lookupByName(DOM)
+    # a memory snapshot: the test driver reverts it for real (state reason from_snapshot)
+    dom.create()
+    run(conn)
+    dom.destroy()
+    overlay = image(tmp_path / "over.qcow2", disk)
+    if dependant == "domain":
+        define(conn, overlay, name="ut-over")
+    before = files(tmp_path)
+    for check in (True, False):
+        with pytest.raises(StorageError, match=r"Refusing to revert to internal snapshot s1") as err:
+            run(conn, check, state="current")
+        assert str(overlay) in err.value.message
+        assert "nothing was changed" in err.value.message
+    assert files(tmp_path) == before
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    assert reads(overlay, 0x41, "0")
+
+
+def test_another_domains_snapshot_layer_is_never_written(conn, tmp_path):
+    """A file only a snapshot stands on (no domain's disk chain holds it any more) is still a base."""
+    base = image(tmp_path / "base.qcow2")
+    define(conn, base, name="ut-owner")
+    # ut-owner's snapshot froze base.qcow2; then its disk moved elsewhere (as after a revert to a branch)
+    inject_external(conn, "snap", base, tmp_path / "ut-owner.vda.snap.qcow2", 1000, name="ut-owner")
+    define(conn, image(tmp_path / "elsewhere.qcow2"), name="ut-owner")
+    # another domain with base.qcow2 as its own disk may not write it by a snapshot
+    define(conn, base, name="ut-writer")
+    with pytest.raises(StorageError, match=r"is the base of snapshot snap of domain ut-owner"):
+        run(conn, domain="ut-writer", kind="internal")
+    assert names(conn, "ut-writer") == []
+
+
 def test_external_create_in_check_mode_names_the_overlays_and_creates_nothing(conn, tmp_path):
     disk = image(tmp_path / "d.qcow2")
     define(conn, disk)
