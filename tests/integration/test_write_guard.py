@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 import guestlib
+import libvirt
 import pytest
 from harness import run_module
 
@@ -137,17 +138,28 @@ def assert_refused_untouched(module: str, args: dict, guarded: Guarded, names: l
     return results
 
 
-def dependant(kind: str, conn, prefix: str, base: Path, name: str = "dep") -> tuple[Path, list[str]]:
+def dependant(
+    kind: str, conn, prefix: str, base: Path, name: str = "dep", outside: Path | None = None
+) -> tuple[Path, list[str]]:
     """Make a dependant on ``base``; returns its overlay and the names a refusal must give.
 
     ``domain``: a defined domain (``<prefix>-<name>``) on an overlay beside the base;
-    ``domain-elsewhere``: the same with the overlay in another directory;
-    ``file``: an overlay file beside the base that no domain uses (made by hand).
+    ``domain-elsewhere``: the same with the overlay in another directory (below ``outside``,
+    default the base's directory);
+    ``file``: an overlay file beside the base that no domain uses (made by hand);
+    ``volume``: an overlay volume in another active storage pool (named ``<pool>/<volume>``).
     A refusal must name the overlay's path, and the domain where there is one.
     """
     folder = base.parent
+    outside = outside or base.parent
+    if kind == "volume":  # an overlay volume of another active pool, no domain
+        other = other_pool(conn, prefix, outside / "other")
+        path = overlay(base, other["dir"] / f"{name}.qcow2")
+        write(path, 0x44, 8)
+        conn.storagePoolLookupByName(other["name"]).refresh(0)
+        return path, [f"{other['name']}/{name}.qcow2"]
     if kind == "domain-elsewhere":
-        folder = base.parent / f"elsewhere-{name}"
+        folder = outside / f"elsewhere-{name}"
         folder.mkdir(mode=0o755, exist_ok=True)
     path = overlay(base, folder / f"{name}.qcow2")
     write(path, 0x44, 8)  # the dependant's own data, above the base
@@ -159,6 +171,43 @@ def dependant(kind: str, conn, prefix: str, base: Path, name: str = "dep") -> tu
 
 
 KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file"])
+
+
+# ---------------------------------------------------------------------- storage pools
+
+
+def make_pool(conn, name: str, folder: Path) -> dict:
+    ok(run_module("kvm_pool", dict(name=name, path=str(folder), state="active")))
+    folder.chmod(0o755)
+    return dict(name=name, dir=folder)
+
+
+def other_pool(conn, prefix: str, folder: Path) -> dict:
+    """The second pool ``<prefix>-other`` (made once per test)."""
+    name = f"{prefix}-other"
+    try:
+        conn.storagePoolLookupByName(name)
+        return dict(name=name, dir=folder)
+    except libvirt.libvirtError:
+        return make_pool(conn, name, folder)
+
+
+def remove_pools(conn, prefix: str) -> None:
+    for p in conn.listAllStoragePools(0):
+        if p.name().startswith(prefix):
+            if p.isActive():
+                p.destroy()
+            if p.isPersistent():
+                p.undefine()
+
+
+@pytest.fixture
+def pool(conn, prefix, scratch):
+    """A started dir pool ``<prefix>-pool`` in ``scratch/pool``: {name, dir}; every ``<prefix>`` pool goes after."""
+    try:
+        yield make_pool(conn, f"{prefix}-pool", scratch / "pool")
+    finally:
+        remove_pools(conn, prefix)
 
 
 # ---------------------------------------------------------------------- kvm_snapshot
@@ -262,3 +311,50 @@ def test_revert_to_an_external_snapshot_keeps_a_used_later_layer(conn, prefix, s
             break
         problems += [f"{label}: {what} changed" for what in guarded.changed()]
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------- kvm_volume
+
+
+VOLUME_KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "volume"])
+
+
+def used_volume(conn, prefix: str, pool: dict, kind: str) -> tuple[Path, Path, list[str], Guarded]:
+    base = new_disk(pool["dir"] / "base.qcow2", 0x41)
+    write(base, 0x42, 4)
+    dep, names = dependant(kind, conn, prefix, base, outside=pool["dir"].parent)
+    conn.storagePoolLookupByName(pool["name"]).refresh(0)
+    return base, dep, names, Guarded(pool["dir"].parent, [dep], [base, dep])
+
+
+@VOLUME_KINDS
+def test_resize_a_used_volume(conn, prefix, pool, kind):
+    base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
+    args = dict(pool=pool["name"], name=base.name, size="32M")
+    assert_refused_untouched("kvm_volume", args, guarded, names)
+
+
+@VOLUME_KINDS
+def test_upload_over_a_used_volume(conn, prefix, pool, kind, tmp_path):
+    base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
+    src = tmp_path / "other.img"
+    src.write_bytes(bytes([0x45]) * MIB)
+    args = dict(pool=pool["name"], name=base.name, upload=str(src), force=True)
+    assert_refused_untouched("kvm_volume", args, guarded, names)
+
+
+@VOLUME_KINDS
+def test_delete_a_used_volume(conn, prefix, pool, kind):
+    base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
+    assert_refused_untouched("kvm_volume", dict(pool=pool["name"], name=base.name, state="absent"), guarded, names)
+
+
+# ---------------------------------------------------------------------- kvm_pool
+
+
+@pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "volume"])
+def test_delete_a_pool_with_a_used_volume(conn, prefix, pool, kind):
+    """state=absent with delete: a volume something outside stands on (or a domain's disk inside) refuses."""
+    base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
+    assert_refused_untouched("kvm_pool", dict(name=pool["name"], state="absent", delete=True), guarded, names)
+    assert conn.storagePoolLookupByName(pool["name"]).isActive()
