@@ -262,14 +262,15 @@ class HostScan:
             if name != but
         ]
 
-    def stands_on(self, path: str, domain: str | None = None, target: str | None = None, own=()) -> list[str]:
-        """Everything that would be hurt by a write to ``path``, as readable strings (empty: nothing).
+    def dependants(self, path: str, domain: str | None = None, target: str | None = None, own=()) -> list[dict]:
+        """Everything a write to ``path`` would hurt: ``users()`` entries plus ``relation: snapshot`` ones.
 
         The collection's one write guard: another domain's disk or a disk whose backing chain
         holds the file (running or not), an overlay file beside it, a snapshot layer of any
-        domain. Left out: disk ``target`` of ``domain`` (the writer's own disk, e.g. a snapshot
-        of it), the files in ``own`` (real paths: the writer's own layers above the file) and,
-        when ``domain`` is given, that domain's own snapshots (its caller weighs them).
+        domain (``snapshot``: its name). Left out: disk ``target`` of ``domain`` (the writer's
+        own disk, e.g. a snapshot of it), the files in ``own`` (real paths: the writer's own
+        layers above the file) and, when ``domain`` is given, that domain's own snapshots
+        (its caller weighs them).
         """
         out = []
         for u in self.users([path])[path]:
@@ -277,8 +278,15 @@ class HostScan:
                 continue
             if u["relation"] == "file" and os.path.realpath(u["disk"]) in own:
                 continue
-            out.append(f"{u['disk']} (domain {u['domain']})" if u["domain"] else f"{u['disk']} (an overlay file)")
-        return sorted(set(out + self._layer_users(path, domain)))
+            out.append(u)
+        for name, snap in self.snapshot_layers().get(os.path.realpath(path), []):
+            if name != domain:
+                out.append(dict(domain=name, disk=path, target=None, relation="snapshot", snapshot=snap, active=False))
+        return out
+
+    def stands_on(self, path: str, domain: str | None = None, target: str | None = None, own=()) -> list[str]:
+        """``dependants()`` as readable strings (empty: nothing stands on the file)."""
+        return sorted({describe(u) for u in self.dependants(path, domain, target, own)})
 
     def guard(self, paths, action: str, domain: str | None = None, target: str | None = None, own=(), label=None):
         """Refuse ``action`` (StorageError, nothing changed) when anything stands on one of ``paths``.
@@ -300,13 +308,14 @@ class HostScan:
 
     def dependents(self, path: str, exclude: str | None = None) -> list[str]:
         """What stands on ``path`` (backs it or holds it as a snapshot layer), other than domain ``exclude``."""
-        out = []
-        for u in self.users([path])[path]:
-            if u["relation"] == "backing" and u["domain"] != exclude:
-                out.append(f"{u['disk']} (domain {u['domain']})")
-            elif u["relation"] == "file":
-                out.append(f"{u['disk']} (file)")
-        return out + self._layer_users(path, exclude)
+        return [describe(u) for u in self.dependants(path, exclude) if u["relation"] != "disk"]
+
+
+def describe(u: dict) -> str:
+    """One dependant (a ``HostScan.dependants`` entry) in words."""
+    if u["relation"] == "snapshot":
+        return f"snapshot {u['snapshot']} of domain {u['domain']}"
+    return f"{u['disk']} (domain {u['domain']})" if u["domain"] else f"{u['disk']} (an overlay file)"
 
 
 class ScansHost:

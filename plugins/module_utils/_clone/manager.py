@@ -22,7 +22,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import che
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import normalize_clones
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS
 from ansible_collections.virtops.kvm.plugins.module_utils._drift import describe, rerecord
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import decide_force_tcg, kvm_usable
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
@@ -196,6 +196,17 @@ class CloneManager(Manager):
                     rerecord(d["dom"], copy.deepcopy(d["root"]), plan["base_prints"])
         return [d["name"] for d in drifted]
 
+    def _guard_disks(self, items: list[dict]) -> dict[str, str]:
+        """The host's write guard before the appliance writes into new clone disks: name -> refusal."""
+        scan = HostScan.take(self.conn)
+        refused = {}
+        for item in items:
+            try:
+                scan.guard([d["path"] for d in item["disks"]], f"reset the identity of clone {item['name']} offline")
+            except StorageError as exc:
+                refused[item["name"]] = exc.message
+        return refused
+
     def _reset_identities(self, ready: list[dict]) -> dict[str, str]:
         """The batch's one appliance over every new clone disk; name -> error for the clones it failed."""
         todo = [i for i in ready if i.get("identity")]
@@ -207,10 +218,13 @@ class CloneManager(Manager):
                 f"{_deps.install_hint('guestfs')} Or set identity.operations to [] (and no files) to clone without it."
             )
             return {i["name"]: why for i in todo}
+        refused = self._guard_disks(todo)
+        todo = [i for i in todo if i["name"] not in refused]
+        if not todo:
+            return refused
         force_tcg, _why = decide_force_tcg(self.identity["force_tcg"], lambda: kvm_usable(self.conn))
         done, warnings = identity.reset_batch(todo, self.identity, force_tcg, self.handle_factory)
         self.warnings.extend(warnings)
-        refused = {}
         for item in todo:
             o = done[item["name"]]
             if not o["ok"]:

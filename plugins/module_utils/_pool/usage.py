@@ -1,8 +1,8 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
 """Who uses a storage pool or one of its volumes, asked before anything is removed, resized or overwritten.
 
-The one rule is ``HostScan.users`` (a domain's disk, a file below a disk in a
-backing chain, a hand-made overlay beside it). Pools add what that rule, made
+The one rule is ``HostScan.dependants`` (a domain's disk, a file below a disk in a
+backing chain, a hand-made overlay beside it, a snapshot layer of any domain). Pools add what that rule, made
 for file paths, does not see:
 
 * a domain disk that names the pool and volume (``<disk type='volume'>``);
@@ -19,6 +19,7 @@ import os
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import handles
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import describe as describe_dependant
 
 
 def inside(path: str | None, folder: str | None) -> bool:
@@ -63,7 +64,7 @@ def volume_users(scan: HostScan, pool_name: str, vol: dict) -> list[dict]:
     path = vol["path"]
     out = []
     if path and vol.get("type") in ("file", None):
-        out.extend(scan.users([path])[path])
+        out.extend(scan.dependants(path))
     real = os.path.realpath(path) if path else None
     for d, disk in _domain_disks(scan):
         if disk["type"] == "volume" and disk["pool"] == pool_name and disk["path"] == vol["name"]:
@@ -97,7 +98,9 @@ def describe(users: list[dict]) -> list[str]:
     """Readable one-liners, for error messages and return values."""
     out = []
     for u in users:
-        if u["domain"] is None:
+        if u["relation"] == "snapshot":
+            text = describe_dependant(u)
+        elif u["domain"] is None:
             kind = "backed by it" if u["disk"].startswith("volume ") else "an image file backed by it"
             text = f"{u['disk']} ({kind})"
         elif u["relation"] == "backing":

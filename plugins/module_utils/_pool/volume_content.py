@@ -169,6 +169,7 @@ class Content:
                     f"{dest} exists with other content than volume {p['pool']}/{p['name']}.",
                     hint="Set force=true to replace the file, or download to another path.",
                 )
+            m.scan().guard([dest], f"download volume {p['pool']}/{p['name']} over {dest}")
         writers = [u for u in m.users(self.info) if u["active"] and u["relation"] == "disk"]
         if writers:
             names = ", ".join(sorted({u["domain"] for u in writers}))
