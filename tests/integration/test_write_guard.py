@@ -147,7 +147,10 @@ def dependant(
     ``domain-elsewhere``: the same with the overlay in another directory (below ``outside``,
     default the base's directory);
     ``file``: an overlay file beside the base that no domain uses (made by hand);
-    ``volume``: an overlay volume in another active storage pool (named ``<pool>/<volume>``).
+    ``volume``: an overlay volume in another active storage pool (named ``<pool>/<volume>``);
+    ``snapshot-layer``: an overlay in another directory that only an external snapshot
+    (``keep``) of domain ``<prefix>-<name>`` still stands on: the domain itself moved on to
+    another disk (named: the domain and the snapshot).
     A refusal must name the overlay's path, and the domain where there is one.
     """
     folder = base.parent
@@ -158,6 +161,18 @@ def dependant(
         write(path, 0x44, 8)
         conn.storagePoolLookupByName(other["name"]).refresh(0)
         return path, [f"{other['name']}/{name}.qcow2"]
+    if kind == "snapshot-layer":
+        folder = outside / f"layer-{name}"
+        folder.mkdir(mode=0o755, exist_ok=True)
+        path = overlay(base, folder / f"{name}.qcow2")
+        write(path, 0x44, 8)
+        domain = f"{prefix}-{name}"
+        dom = define(conn, domain, path)
+        ok(run_module("kvm_snapshot", dict(domain=domain, name="keep", kind="external")))
+        fresh = new_disk(folder / f"{name}-fresh.qcow2", 0x46)
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        conn.defineXML(xml.replace(str(folder / f"{domain}.vda.keep.qcow2"), str(fresh)))
+        return path, [domain, "snapshot keep"]
     if kind == "domain-elsewhere":
         folder = outside / f"elsewhere-{name}"
         folder.mkdir(mode=0o755, exist_ok=True)
@@ -170,7 +185,7 @@ def dependant(
     return path, [str(path), domain]
 
 
-KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file"])
+KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "snapshot-layer"])
 
 
 # ---------------------------------------------------------------------- storage pools
@@ -316,7 +331,7 @@ def test_revert_to_an_external_snapshot_keeps_a_used_later_layer(conn, prefix, s
 # ---------------------------------------------------------------------- kvm_volume
 
 
-VOLUME_KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "volume"])
+VOLUME_KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "volume", "snapshot-layer"])
 
 
 def used_volume(conn, prefix: str, pool: dict, kind: str) -> tuple[Path, Path, list[str], Guarded]:
@@ -352,7 +367,7 @@ def test_delete_a_used_volume(conn, prefix, pool, kind):
 # ---------------------------------------------------------------------- kvm_pool
 
 
-@pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "volume"])
+@pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "volume", "snapshot-layer"])
 def test_delete_a_pool_with_a_used_volume(conn, prefix, pool, kind):
     """state=absent with delete: a volume something outside stands on (or a domain's disk inside) refuses."""
     base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
