@@ -127,14 +127,57 @@ def machine_id(g) -> tuple[bool, str]:
     return True, detail
 
 
+# Installed where nothing else makes new SSH host keys at first boot (Debian and Ubuntu without
+# cloud-init, or with cloud-init but no datasource): ssh.service fails without keys. EL and Fedora
+# have sshd-keygen@.service; cloud-init, when it runs, replaces the keys after this unit.
+KEYGEN_UNIT = "virtops-ssh-hostkeys.service"
+KEYGEN_UNIT_TEXT = """[Unit]
+Description=Make SSH host keys this clone does not have yet (virtops.kvm)
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+After=local-fs.target cloud-init-local.service
+Before=ssh.service sshd.service cloud-init.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+"""
+_OWN_KEYGEN = (
+    "/usr/lib/systemd/system/sshd-keygen@.service",
+    "/lib/systemd/system/sshd-keygen@.service",
+    "/usr/lib/systemd/system/sshd-keygen.service",
+)
+
+
+def keygen_at_first_boot(g) -> str | None:
+    """Install and enable KEYGEN_UNIT where the guest needs it; what was done, or None."""
+    if not g.is_dir("/etc/systemd/system") or not _is_file(g, "/usr/bin/ssh-keygen"):
+        return None
+    if any(g.exists(p) for p in _OWN_KEYGEN):
+        return None
+    unit = f"/etc/systemd/system/{KEYGEN_UNIT}"
+    g.write(unit, KEYGEN_UNIT_TEXT.encode())
+    g.chmod(0o644, unit)
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    if not g.is_dir(wants):
+        g.mkdir_p(wants)
+    link = f"{wants}/{KEYGEN_UNIT}"
+    if not g.is_symlink(link):
+        g.ln_sf(unit, link)
+    return f"first-boot key generation {KEYGEN_UNIT} enabled"
+
+
 def ssh_hostkeys(g) -> tuple[bool, str]:
-    """Remove /etc/ssh/ssh_host_* (sshd-keygen, cloud-init or ``ssh-keygen -A`` makes new ones)."""
+    """Remove /etc/ssh/ssh_host_*; make sure something makes new ones at first boot."""
     if not g.is_dir("/etc/ssh"):
         return False, "no /etc/ssh (no SSH server installed)"
     gone = _remove(g, _glob(g, "/etc/ssh/ssh_host_*"))
     if not gone:
         return False, "no SSH host keys in /etc/ssh"
-    return True, f"{len(gone)} host key file(s) removed"
+    unit = keygen_at_first_boot(g)
+    return True, f"{len(gone)} host key file(s) removed" + (f", {unit}" if unit else "")
 
 
 def net_persistent(g) -> tuple[bool, str]:
@@ -153,21 +196,30 @@ def dhcp_leases(g) -> tuple[bool, str]:
 
 
 def logfiles(g) -> tuple[bool, str]:
-    """Truncate every regular file below /var/log (journal files, which truncation would corrupt, are removed)."""
+    """Truncate every regular file below /var/log; the journal's files go, with their machine-id directories.
+
+    Journal files would be corrupt if truncated, and their directories are named after the
+    template's machine-id: the clone starts a journal of its own. ``find`` names files below
+    the directory with or without a leading '/' (libguestfs 1.48 adds one): both are read.
+    """
     if not g.is_dir("/var/log"):
         return False, "no /var/log"
-    truncated = removed = 0
-    for rel in g.find("/var/log"):
+    truncated = 0
+    journals = []
+    for found in g.find("/var/log"):
+        rel = found.lstrip("/")
         path = posixpath.join("/var/log", rel)
-        if not _is_file(g, path):
+        if rel.startswith("journal/") and rel.count("/") == 1 and g.is_dir(path):
+            journals.append(path)
+        if rel.startswith("journal/") or not _is_file(g, path):
             continue
-        if rel.startswith("journal/"):
-            g.rm(path)
-            removed += 1
-        elif g.filesize(path) > 0:
+        if g.filesize(path) > 0:
             g.truncate(path)
             truncated += 1
-    return True, f"{truncated} log file(s) truncated" + (f", {removed} journal file(s) removed" if removed else "")
+    for path in journals:
+        g.rm_rf(path)
+    detail = f"{truncated} log file(s) truncated"
+    return True, detail + (f", {len(journals)} journal directory(ies) removed" if journals else "")
 
 
 def write_files(g, files: list[dict]) -> list[str]:
