@@ -30,6 +30,11 @@ held): every call is bounded.
   closed under a call (keepalive timeout, the daemon died: end of file, reset,
   broken pipe; and every later call on it: "client socket is closed") into
   ConnectionFailed naming the URI, the call that did not come back and what to do.
+- A connection that does not open fails with what failed, said plainly (``_connection_errors``):
+  a remote URI without a host is refused before libvirt is called (InvalidInput naming the
+  option: ``uri``, or kvm_migrate's ``dest_uri``); ssh refused, its login or the host key
+  rejected, no answer from the host, the daemon not running (here or behind ssh), no access to
+  its socket, an unknown driver each have their own type and message, with the URI and the fix.
 """
 
 from __future__ import annotations
@@ -39,14 +44,20 @@ import threading
 import weakref
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils._connection_errors import LOST as _LOST
+from ansible_collections.virtops.kvm.plugins.module_utils._connection_errors import (
+    OPEN_TIMEOUT_ENV,
+    REMOTE_HINT,
+    open_timed_out,
+    opening_failed,
+    refuse_hostless,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._connection_errors import daemon_hint as _hint
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     ConnectionFailed,
-    DaemonNotRunning,
     InvalidInput,
     KvmError,
     LibvirtFailed,
-    PermissionDenied,
-    UnknownUri,
 )
 
 DEFAULT_URI = "qemu:///system"
@@ -60,26 +71,9 @@ KEEPALIVE = (5, 5)
 KEEPALIVE_ENV = "VIRTOPS_KVM_KEEPALIVE"
 #: seconds a daemon may take to answer the opening of a connection (it may be starting: socket activation)
 OPEN_TIMEOUT = 60.0
-OPEN_TIMEOUT_ENV = "VIRTOPS_KVM_OPEN_TIMEOUT"
 #: the ``what`` of a libvirt error no caller named (see _manager._typed)
 GENERIC_CALL = "A libvirt call"
 
-_START_HINT = (
-    "Start it with 'systemctl enable --now libvirtd' (or virtqemud.socket on distros with "
-    "modular daemons), or on a host without systemd run 'virtlogd -d && libvirtd -d'; "
-    "virtops.kvm.kvm_host with daemon_state=started does this for you."
-)
-
-# What libvirt's client says when the connection under a call is gone (error domain RPC or remote).
-_LOST = (
-    "keepalive timeout",
-    "client socket is closed",
-    "end of file while reading data",
-    "cannot recv data",
-    "cannot write data",
-    "connection reset by peer",
-    "broken pipe",
-)
 # Of those, the ones only the client itself says (never forwarded from a daemon's own connections).
 _CLIENT_SIDE = ("keepalive timeout", "client socket is closed")
 
@@ -155,14 +149,6 @@ def start_event_loop() -> None:
         _LOOP.append(thread)
 
 
-def _hint(uri: str) -> str:
-    return (
-        "Check that the libvirt daemon (libvirtd, or virtqemud on hosts with modular daemons) is running and "
-        f"answers: 'virsh -c {uri} list' (one that hangs needs a restart, e.g. 'systemctl restart libvirtd'). "
-        "Then rerun the task, which converges from what this run left."
-    )
-
-
 def _lost(exc) -> tuple:
     """(is the error a connection lost under a call, its text)."""
     lv = _deps.libvirt
@@ -210,38 +196,20 @@ def connection_lost(exc, what: str | None = None) -> ConnectionFailed | None:
     return ConnectionFailed(msg, hint=_hint(uri or "URI"))
 
 
-def translate(exc, uri: str) -> ConnectionFailed | LibvirtFailed:
-    """Turn a libvirtError raised while opening ``uri`` into a typed error."""
-    lv = _deps.libvirt
-    code = exc.get_error_code()
+def translate(exc, uri: str) -> KvmError:
+    """Turn a libvirtError raised while opening ``uri`` into a typed error (see ``_connection_errors``)."""
+    known = opening_failed(exc, uri)
+    if known is not None:
+        return known
     text = exc.get_error_message() or str(exc)
-    lowered = text.lower()
-    if code == lv.VIR_ERR_NO_CONNECT and "no connection driver" in lowered:
-        return UnknownUri(
-            f"Cannot connect to libvirt at '{uri}': {text}.",
-            hint="Check the uri option (for example qemu:///system, qemu:///session, "
-            "qemu+ssh://host/system, test:///default) and that the hypervisor driver package "
-            "(libvirt-daemon-driver-qemu) is installed.",
-        )
-    if "permission denied" in lowered or code in (lv.VIR_ERR_AUTH_FAILED, lv.VIR_ERR_AUTH_UNAVAILABLE):
-        return PermissionDenied(
-            f"Permission denied to connect to libvirt at '{uri}': {text}.",
-            hint="Run the task with become: true, or add the remote user to the 'libvirt' group, "
-            "or use qemu:///session for an unprivileged user.",
-        )
-    if code in (lv.VIR_ERR_SYSTEM_ERROR, lv.VIR_ERR_NO_CONNECT) and (
-        "failed to connect socket" in lowered or "connection refused" in lowered or "no such file" in lowered
-    ):
-        return DaemonNotRunning(f"The libvirt daemon for '{uri}' is not running ({text}).", hint=_START_HINT)
     if _lost(exc)[0]:
         return ConnectionFailed(
             f"The libvirt daemon at '{uri}' closed the connection while it was being opened: it died or was "
             f"restarted ({text}).",
             hint=_hint(uri),
         )
-    if "unexpected" in lowered and "uri" in lowered:
-        return UnknownUri(f"Cannot connect to libvirt at '{uri}': {text}.", hint="Check the uri option.")
-    return ConnectionFailed(f"Cannot connect to libvirt at '{uri}': {text}.")
+    remote = "://" in uri and not uri.split("://", 1)[1].startswith("/")
+    return ConnectionFailed(f"Cannot connect to libvirt at '{uri}': {text}.", hint=REMOTE_HINT if remote else None)
 
 
 def libvirt_failed(exc, what: str) -> KvmError:
@@ -256,8 +224,9 @@ def libvirt_failed(exc, what: str) -> KvmError:
 class Connection:
     """A lazily opened libvirt connection; use as a context manager."""
 
-    def __init__(self, uri: str | None = None, readonly: bool = False):
+    def __init__(self, uri: str | None = None, readonly: bool = False, option: str = "uri"):
         self.uri = resolve_uri(uri)
+        self.option = option  # the module option the URI came from, for the messages
         self.readonly = readonly
         self.keepalive = (0, 0)  # (interval, count) in force once open
         self._conn = None
@@ -265,6 +234,7 @@ class Connection:
     @property
     def conn(self):
         if self._conn is None:
+            refuse_hostless(self.uri, self.option)
             _silence_libvirt()
             keepalive, timeout = keepalive_settings(), open_timeout()
             start_event_loop()  # before the connection opens, or it has no keepalive
@@ -315,14 +285,7 @@ class Connection:
         with lock:
             if "conn" not in box and "error" not in box:
                 box["abandoned"] = True
-                raise ConnectionFailed(
-                    f"The libvirt daemon at '{self.uri}' did not answer within {timeout:g} s when the connection "
-                    "was opened: its socket accepts connections but the daemon does not reply (it hangs or is "
-                    "stopped), so the task stopped here instead of waiting forever.",
-                    hint=_hint(self.uri)
-                    + f" A daemon that is only slow to start can be given more time with the environment variable "
-                    f"{OPEN_TIMEOUT_ENV} (seconds).",
-                )
+                raise open_timed_out(self.uri, timeout)
         error = box.get("error")
         if isinstance(error, lv.libvirtError):
             raise translate(error, self.uri) from error

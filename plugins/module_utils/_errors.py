@@ -77,3 +77,19 @@ class TimeoutExpired(KvmError):
 
 class GuestfsError(KvmError):
     """libguestfs failed to launch, inspect, mount or read."""
+
+
+class ConnectionRefused(ConnectionFailed):
+    """The remote host refused the connection: no sshd (or no libvirt listener) on that port."""
+
+
+class AuthenticationFailed(PermissionDenied):
+    """ssh reached the host but could not log in with what it was given (no prompt in a task)."""
+
+
+class HostKeyRejected(ConnectionFailed):
+    """ssh does not know the host's key, or it differs from the recorded one."""
+
+
+class HostUnreachable(ConnectionFailed):
+    """Nothing answered at the remote host: timed out, no route, or a name that does not resolve."""

@@ -11,15 +11,8 @@ from __future__ import annotations
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed, translate
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import ConnectionFailed
 from ansible_collections.virtops.kvm.plugins.module_utils._inventory import addresses
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScannedDomain, gone, state_name
-
-_REMOTE_HINT = (
-    "Check that the host answers and that libvirtd runs there, and that ssh logs in without a prompt "
-    "(a key: keyfile= in the URI or an ssh agent; a known host key or no_verify=1; no_tty=1 makes ssh fail "
-    "instead of asking for a password)."
-)
 
 
 def open_uri(p: dict, readonly: bool):
@@ -29,10 +22,7 @@ def open_uri(p: dict, readonly: bool):
     try:
         return lv.openReadOnly(uri) if readonly else lv.open(uri)
     except lv.libvirtError as exc:
-        if p["remote"]:
-            text = exc.get_error_message() or str(exc)
-            raise ConnectionFailed(f"Cannot connect to libvirt at '{uri}': {text}.", hint=_REMOTE_HINT) from exc
-        raise translate(exc, uri) from exc
+        raise translate(exc, uri) from exc  # the modules' messages: ssh refused, login, host key, daemon...
 
 
 def _memory_mib(root) -> int | None:

@@ -3,8 +3,9 @@
 
 A URI is refused here, before anything connects, when libvirt could not read
 it at all (no ``driver://``, an unknown transport, a port that is no number,
-spaces). Whether the driver exists or the host answers is found out by
-connecting, and is a per-URI warning, not an option error.
+spaces) or it uses a transport to another host but names none. Whether the
+driver exists or the host answers is found out by connecting, and is a per-URI
+warning, not an option error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import refuse_hostless
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 
 # libvirt's transports (https://libvirt.org/uri.html#transport-configuration).
@@ -54,6 +56,7 @@ def parse(uri) -> dict:
         port = parts.port
     except ValueError as exc:
         raise InvalidInput(f"The URI {uri!r} in uris has an invalid port.", hint=_URI_HINT) from exc
+    refuse_hostless(uri, "uris")  # qemu+ssh:///system: libvirt would go to localhost
     host = parts.hostname
     return dict(
         uri=uri,

@@ -25,7 +25,11 @@ import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection, libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
+    Connection,
+    libvirt_failed,
+    refuse_hostless,
+)
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
     DomainNotFound,
@@ -58,7 +62,8 @@ class MigrateManager(Manager):
             raise InvalidInput(f"timeout is {self.p['timeout']}: give a number of seconds, at least 1.")
         if self.p["bandwidth"] is not None and self.p["bandwidth"] < 1:
             raise InvalidInput(f"bandwidth is {self.p['bandwidth']}: give MiB/s, at least 1, or leave it out.")
-        dest = self.dest_connection or Connection(self.p["dest_uri"])
+        refuse_hostless(self.p["dest_uri"], "dest_uri")  # before libvirt is called for either URI
+        dest = self.dest_connection or Connection(self.p["dest_uri"], option="dest_uri")
         self.dest_uri = dest.uri
         self._dest = dest
         self.src_files = self.dst_files = None

@@ -20,7 +20,8 @@ PREFIX = "ansible_collections.virtops.kvm.plugins."
 ALLOWED = {
     "_errors": set(),
     "_deps": set(),
-    "_connection": {"_deps", "_errors"},
+    "_connection_errors": {"_deps", "_errors"},
+    "_connection": {"_deps", "_errors", "_connection_errors"},
     "_manager": {"_deps", "_errors", "_connection"},
     "_domain_xml": {"_deps", "_errors"},
     "_xml_compare": {"_deps", "_domain_xml"},
