@@ -373,3 +373,60 @@ def test_delete_a_pool_with_a_used_volume(conn, prefix, pool, kind):
     base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
     assert_refused_untouched("kvm_pool", dict(name=pool["name"], state="absent", delete=True), guarded, names)
     assert conn.storagePoolLookupByName(pool["name"]).isActive()
+
+
+# ---------------------------------------------------------------------- kvm_clone
+
+
+def template(conn, prefix: str, scratch: Path) -> tuple[str, Path]:
+    """A shut-off template domain ``<prefix>-tpl`` on ``scratch/tpl.qcow2``."""
+    disk = new_disk(scratch / "tpl.qcow2", 0x41)
+    name = f"{prefix}-tpl"
+    define(conn, name, disk)
+    return name, disk
+
+
+@KINDS
+def test_clone_onto_an_existing_file_that_is_used(conn, prefix, scratch, kind):
+    """The identity reset writes only the clone's new disk: a file already at its path refuses the run.
+
+    (A clone's disk is always a new file, so the reset cannot be pointed at a file with dependants;
+    the refusal names the file, not its dependants: any file there refuses.)
+    """
+    tpl, tpl_disk = template(conn, prefix, scratch)
+    clone = f"{prefix}-c"
+    taken = new_disk(scratch / f"{clone}.qcow2", 0x43)
+    dep, _names = dependant(kind, conn, prefix, taken)
+    guarded = Guarded(scratch, [dep], [taken, dep, tpl_disk])
+    assert_refused_untouched("kvm_clone", dict(template=tpl, name=clone, domain_type="qemu"), guarded, [str(taken)])
+    assert clone not in [d.name() for d in conn.listAllDomains()]
+
+
+@KINDS
+def test_remove_a_clone_whose_disk_is_used(conn, prefix, scratch, kind):
+    """state=absent deletes the clone's own files, except one something else stands on (kept, reported)."""
+    tpl, tpl_disk = template(conn, prefix, scratch)
+    clone = f"{prefix}-c"
+    args = dict(template=tpl, name=clone, domain_type="qemu", identity=dict(operations=[]))
+    ok(run_module("kvm_clone", args))
+    disk = scratch / f"{clone}.qcow2"
+    assert disk.is_file()
+    write(disk, 0x42, 2)
+    dep, _names = dependant(kind, conn, prefix, disk)
+    guarded = Guarded(scratch, [dep], [disk, dep, tpl_disk])
+    problems = []
+    for check in (True, False):
+        label = "check mode" if check else "real run"
+        r = run_module("kvm_clone", dict(name=clone, state="absent"), check=check)
+        if r.get("failed"):
+            problems.append(f"{label}: failed: {r.get('msg')}")
+        else:
+            if str(disk) in (r.get("removed_files") or []):
+                problems.append(f"{label}: removes {disk}, which {dep} stands on")
+            if str(disk) not in [k.get("path") for k in r.get("kept_files") or []]:
+                problems.append(f"{label}: kept_files {r.get('kept_files')} do not name {disk}")
+        if not disk.exists():
+            problems.append(f"{label}: {disk} is gone")
+            break
+        problems += [f"{label}: {what} changed" for what in guarded.changed()]
+    assert not problems, "\n".join(problems)
