@@ -14,45 +14,13 @@ import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.virtops.kvm.plugins.module_utils._validate import UNITS  # the one table of size units
 
 # The collection's own XML namespace inside <metadata>.
 NS = "https://virtops.dev/xmlns/kvm/1"
 NS_PREFIX = "virtops"
 
-# Names become file names (disks, XML files, serial logs): keep them boring.
 _POSITION_SUFFIX = re.compile(r", line \d+, column \d+$")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-
-# Units libvirt accepts for sizes (memory, disk), in bytes: the one table every reader uses.
-UNITS = {
-    "b": 1,
-    "bytes": 1,
-    "kb": 1000,
-    "k": 1024,
-    "kib": 1024,
-    "mb": 1000**2,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "gb": 1000**3,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "tb": 1000**4,
-    "t": 1024**4,
-    "tib": 1024**4,
-}
-
-
-def validate_name(name: str, what: str = "domain name") -> str:
-    """Refuse names that are unsafe in a path: empty, '/', '..', spaces, over 64 chars."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInput(f"The {what} is empty.", hint="Give a name of 1 to 64 characters: letters, digits, . _ + -.")
-    if not _SAFE_NAME.match(name) or name in (".", "..") or ".." in name:
-        raise InvalidInput(
-            f"The {what} {name!r} is not safe to use in a file path.",
-            hint="Use 1 to 64 characters: letters, digits, '.', '_', '+', '-'; it must start with a letter or "
-            "digit and contain no '/', '..' or spaces.",
-        )
-    return name
 
 
 def parse(xml: str | bytes, what: str = "domain XML", root_tag: str = "domain", dump: str = "virsh dumpxml"):

@@ -33,6 +33,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
     libvirt_failed,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed
+from ansible_collections.virtops.kvm.plugins.module_utils._validate import numbers
 
 # runner(argv, env=None) -> (rc, stdout, stderr); never a shell.
 Runner = Callable[..., tuple]
@@ -73,6 +74,8 @@ class Manager:
     READONLY = False
     #: the manager's own test seams (keyword arguments, e.g. a clock or a fake file tree) and their defaults
     SEAMS: dict = {}
+    #: bounds of numeric options that differ from _validate.LIMITS: ``{option: (low, high, unit)}``
+    LIMITS: dict = {}
 
     def __init__(
         self,
@@ -90,6 +93,7 @@ class Manager:
         for name, default in self.SEAMS.items():
             setattr(self, name, seams.get(name, default))
         self.p = with_defaults(self.argument_spec(), params)
+        numbers(self.argument_spec(), self.p, self.LIMITS)  # every timeout and count bounded, before any work
         self.connection = connection if connection is not None else Connection(self.p.get("uri"), self.READONLY)
         self.check_mode = check_mode
         self.runner = runner or no_runner

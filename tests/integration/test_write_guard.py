@@ -430,3 +430,109 @@ def test_remove_a_clone_whose_disk_is_used(conn, prefix, scratch, kind):
             break
         problems += [f"{label}: {what} changed" for what in guarded.changed()]
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------- kvm_migrate
+
+IMAGES = "/var/lib/libvirt/images"
+
+
+@pytest.fixture(scope="module")
+def ground():
+    """Two simulated hypervisors hv1, hv2 (tests/ground.py) on a port and root of this file's own."""
+    import ground as groundlib
+
+    g = groundlib.Ground(2, root=Path("/var/lib/virtops-ground-writeguard"), port=2224)
+    with g:
+        yield g
+
+
+class HostFiles:
+    """One directory ``/var/lib/libvirt/images/<prefix>`` as a ground host sees it."""
+
+    def __init__(self, host, prefix: str):
+        self.host = host
+        self.dir = f"{IMAGES}/{prefix}"
+        self.outside(self.dir).mkdir(mode=0o755, exist_ok=True)
+        self.outside(self.dir).chmod(0o755)
+
+    def outside(self, path: str) -> Path:
+        """Where the host's ``path`` (below /var/lib/libvirt/images) is seen from this machine."""
+        return self.host.root / "lib" / "images" / path[len(IMAGES) + 1 :]
+
+    def run(self, *argv: str) -> None:
+        self.host.run(list(argv), check=True, capture_output=True, timeout=60)
+
+    def disk(self, name: str, pattern: int, backing: str | None = None) -> str:
+        path = f"{self.dir}/{name}"
+        extra = ["-b", backing, "-F", "qcow2"] if backing else []
+        self.run("qemu-img", "create", "-q", "-f", "qcow2", *extra, path, "16M")
+        self.run("qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} {pattern % 8}M 1M", path)
+        self.outside(path).chmod(0o644)
+        return path
+
+    def view(self, path: str) -> str:
+        raw = f"{path}.{guestlib.new_prefix()}.raw"
+        try:
+            self.run("qemu-img", "convert", "-U", "-O", "raw", path, raw)
+            return guestlib.sha256(self.outside(raw))
+        except subprocess.CalledProcessError as exc:
+            return f"unreadable: {exc.stderr}"
+        finally:
+            self.outside(raw).unlink(missing_ok=True)
+
+    def state(self, views: list[str], files: list[str]) -> dict:
+        out = {f"view of {p}": self.view(p) for p in views}
+        out.update({f"sha256 of {p}": file_sha256(self.outside(p)) for p in files})
+        return out
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.outside(self.dir), ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["domain", "file"])
+def test_migrate_onto_a_destination_file_that_is_used(ground, kind):
+    """A shut-off overlay clone moves from hv1 to hv2, where a file at its disk's path is the base of others.
+
+    The offline move would copy the overlay over that file: it must refuse, with every byte on hv2 the
+    same. The refusal names the file (any file there refuses, so naming its dependants is not asked).
+    storage=shared is not a case here: it copies nothing, and a shut-off domain defined on hv2 writes
+    nothing until it starts (which kvm_domain refuses on a disk others stand on).
+    """
+    prefix = guestlib.new_prefix()
+    hv1, hv2 = ground["hv1"], ground["hv2"]
+    src, dst = HostFiles(hv1, prefix), HostFiles(hv2, prefix)
+    conns = {h.name: h.connect() for h in (hv1, hv2)}
+    try:
+        name = f"{prefix}-c"
+        base = src.disk("base.qcow2", 0x41)
+        copy = dst.outside(base)
+        copy.write_bytes(src.outside(base).read_bytes())  # the same base at the same path on hv2
+        copy.chmod(0o644)
+        disk = src.disk(f"{name}.qcow2", 0x42, backing=base)
+        define(conns["hv1"], name, Path(disk))
+        # on hv2: another file at the clone's path, and something standing on it
+        taken = dst.disk(f"{name}.qcow2", 0x43, backing=base)
+        dep = dst.disk("dep.qcow2", 0x44, backing=taken)
+        if kind == "domain":
+            define(conns["hv2"], f"{prefix}-dep", Path(dep))
+        before = dst.state([dep, taken], [base, taken, dep])
+        problems = []
+        args = dict(name=name, uri=hv1.uri, dest_uri=hv2.uri)
+        for check in (True, False):
+            label = "check mode" if check else "real run"
+            r = run_module("kvm_migrate", args, check=check)
+            problems += refusal_problems(label, r, [taken])
+            after = dst.state([dep, taken], [base, taken, dep])
+            problems += [f"{label}: {k} on hv2 changed" for k in before if after[k] != before[k]]
+            if not check and name in [d.name() for d in conns["hv2"].listAllDomains()]:
+                problems.append(f"{label}: {name} is defined on hv2 on top of {taken}")
+        assert not problems, "\n".join(problems)
+    finally:
+        for c in conns.values():
+            guestlib.cleanup_domains(c, prefix)
+            c.close()
+        src.remove()
+        dst.remove()

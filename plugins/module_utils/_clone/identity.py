@@ -23,6 +23,7 @@ import posixpath
 import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.layout import find_layout
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError, run_operations
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput
@@ -32,12 +33,6 @@ from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session impor
 
 CONFIG_KEYS = ("operations", "files", "mounts", "force_tcg")
 FILE_KEYS = ("path", "content", "mode", "owner")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
-
-
-def valid_hostname(name: str) -> bool:
-    return isinstance(name, str) and bool(_HOSTNAME.match(name))
 
 
 def check_config(value) -> dict:
@@ -148,10 +143,15 @@ def clone_plan(spec: dict, cfg: dict) -> dict | None:
     if not ops and not files:
         return None
     name = spec.get("hostname") or spec["name"]
-    if "hostname" in ops and not valid_hostname(name):
-        raise InvalidInput(
-            f"Clone {spec['name']!r} is not a valid host name for the identity reset.",
-            hint="Give the clone a hostname (letters, digits, '-', '.'), or leave hostname out of identity.operations.",
+    if "hostname" in ops and not vd.is_hostname(name):
+        if spec.get("hostname"):
+            vd.hostname(name, f"hostname of clone {spec['name']!r}")
+        raise vd.refuse(
+            f"The name of clone {spec['name']!r} (its hostname, as none is given)",
+            name,
+            "the identity reset's hostname operation needs an RFC 1123 host name (letters, digits and '-', "
+            "in labels joined by dots)",
+            hint="Give the clone a hostname option, or leave hostname out of identity.operations.",
         )
     return dict(operations=list(ops), files=files, hostname=name)
 

@@ -14,6 +14,7 @@ import copy
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, result, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import Journal
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
@@ -79,6 +80,11 @@ class CloneManager(Manager):
         if self.p["parallel"] < 1:
             raise InvalidInput("parallel must be at least 1.")
         self.specs = normalize_clones(self.p["name"], self.p["clones"], self.p["state"])
+        for option in ("dest_dir", "xml_dir"):
+            if self.p[option] is not None:
+                vd.path(self.p[option], option)
+        if self.p["template_snapshot"] is not None:
+            vd.existing_name(self.p["template_snapshot"], "template_snapshot")
         self.identity = identity.check_config(self.p["identity"])
         self.cloud_init = check_cloud_init(self.p["cloud_init"], "cloud_init")
 

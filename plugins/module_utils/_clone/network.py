@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _dhcp
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _network_xml as nx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 # What dnsmasq accepts as a host name.
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$")
 
 
 def _dhcp_block(config, network: str) -> dict:
@@ -86,7 +85,7 @@ class Reservations:
             if any(i["spec"].get("ip") for i in items):
                 raise InvalidInput("A clone's ip needs the network option (the network the address is in).")
         else:
-            dx.validate_name(self.network, "network name")
+            vd.validate_name(self.network, "network")
             net = self._net(self.network)
             if template is not None and any(i["action"] == "create" for i in items):
                 if template["root"].find("devices/interface") is None:
@@ -149,10 +148,13 @@ class Reservations:
                     taken[str(nx.ip(h["ip"]))] = f"clone {item['name']}"  # its own, kept for it
             decided.append((item, mac, mine, stale))
         for item, mac, mine, stale in decided:
-            if not _HOSTNAME_RE.match(item["name"]):
-                raise InvalidInput(
-                    f"The clone name {item['name']!r} is not a valid host name for its DHCP reservation.",
-                    hint="Use letters, digits, '-' and '.', or set dhcp_reservations: false.",
+            if not vd.is_hostname(item["name"]):
+                raise vd.refuse(
+                    f"The name of clone {item['name']!r} (the host name of its DHCP reservation)",
+                    item["name"],
+                    "a DHCP reservation's name is an RFC 1123 host name (letters, digits and '-', in labels "
+                    "joined by dots)",
+                    hint="Rename the clone, or set dhcp_reservations: false.",
                 )
             ip = self._address(item, mac, mine, stale, subnet, own, block, taken)
             taken[ip] = f"clone {item['name']}"

@@ -14,7 +14,7 @@ import re
 import secrets
 import uuid as uuidlib
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.identity import check_files
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
@@ -91,7 +91,10 @@ def normalize_clones(name: str | None, clones: list | None, default_state: str =
             raise InvalidInput(
                 f"clones[{i}] has unknown key(s) {', '.join(unknown)}.", hint=f"Allowed: {', '.join(CLONE_KEYS)}."
             )
-        cname = dx.validate_name(item.get("name") if item.get("name") is not None else "", "clone name")
+        cname = vd.validate_name(
+            item.get("name") if item.get("name") is not None else "",
+            "name" if name is not None else f"clones[{i}].name",
+        )
         if cname in seen:
             raise InvalidInput(f"The clone name {cname!r} appears more than once in the batch.")
         seen.add(cname)
@@ -109,9 +112,7 @@ def _one(cname: str, item: dict, default_state: str) -> dict:
                 val = int(item[key])
             except (TypeError, ValueError) as exc:
                 raise InvalidInput(f"{key} of clone {cname!r} must be an integer.") from exc
-            if val < 1:
-                raise InvalidInput(f"{key} of clone {cname!r} must be at least 1.")
-            spec[key] = val
+            spec[key] = vd.number(val, f"{key} of clone {cname!r}", *vd.limit(key))
     if item.get("autostart") is not None:
         if not isinstance(item["autostart"], bool):
             raise InvalidInput(f"autostart of clone {cname!r} must be true or false.")
@@ -127,9 +128,7 @@ def _one(cname: str, item: dict, default_state: str) -> dict:
     if item.get("ip"):  # only with a network (kvm_clone's ``network`` option); absent otherwise
         spec["ip"] = normalize_ip(item["ip"], cname)
     if item.get("hostname") is not None:
-        if not isinstance(item["hostname"], str) or not item["hostname"]:
-            raise InvalidInput(f"hostname of clone {cname!r} must be a non-empty string.")
-        spec["hostname"] = item["hostname"]
+        spec["hostname"] = vd.hostname(item["hostname"], f"hostname of clone {cname!r}")
     if item.get("files") is not None:  # the identity reset's files, this clone's own
         spec["files"] = check_files(item["files"], f"files of clone {cname!r}")
     if item.get("cloud_init") is not None:

@@ -20,6 +20,7 @@ import os
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import _set_disks
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import SHUTOFF, HostScan, state_name
@@ -35,7 +36,7 @@ def load_template(
     if template is None and template_xml is None:
         return None
     if template is not None:
-        dx.validate_name(template, "template name")
+        vd.validate_name(template, "template")
         found = scan.get(template)
         if found is None:
             raise DomainNotFound(f"The template domain {template!r} is not defined.")

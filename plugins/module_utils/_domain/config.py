@@ -15,6 +15,7 @@ import copy
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils import _xml_compare as xc
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.context import DomainContext
@@ -29,27 +30,29 @@ TARGETED = ("memory", "vcpus", "title", "description")
 def validate(p: dict) -> tuple:
     """Check every option that does not need libvirt; returns (name, the parsed XML with its <name> or None).
 
-    Without ``name`` the name is the XML's ``<name>``.
+    Without ``name`` the name is the XML's ``<name>``. A domain the run defines (``xml`` given) must have
+    a name that keeps the collection's naming rule; without ``xml`` the domain exists already and its name
+    is only looked up, so a domain defined elsewhere under another name can still be started, stopped or
+    removed (docs/names.md).
     """
     name = p["name"]
     root = dx.parse(p["xml"]) if p["xml"] else None
     xml_name = dx.name_of(root) if root is not None else None
-    if name is None and xml_name:
-        name = xml_name
-    if not name or "/" in name:
-        hint = "Give a non-empty name without '/'."
-        if p["name"] is None:
-            hint = "Give the name option, or a <name> in the xml option."
-        raise InvalidInput(f"The domain name {name!r} is not valid.", hint=hint)
-    if p["memory"] is not None and (not isinstance(p["memory"], int) or p["memory"] < 1):
-        raise InvalidInput(
-            f"memory must be a whole number of MiB of at least 1, not {p['memory']!r}.",
-            hint="For example memory: 1024 for 1 GiB.",
-        )
-    if p["vcpus"] is not None and (not isinstance(p["vcpus"], int) or not 1 <= p["vcpus"] <= 4096):
-        raise InvalidInput(f"vcpus must be a whole number from 1 to 4096, not {p['vcpus']!r}.")
-    if p["shutdown_timeout"] is None or p["shutdown_timeout"] < 0:
-        raise InvalidInput(f"shutdown_timeout must be 0 or more seconds, not {p['shutdown_timeout']!r}.")
+    if name is None and root is not None:
+        if not xml_name:
+            raise InvalidInput("The xml option has no <name>.", hint="Give the name option, or a <name> in the xml.")
+        name = vd.validate_name(xml_name, "the <name> in xml")
+    elif root is not None:
+        vd.validate_name(name, "name")
+    else:
+        vd.existing_name(name, "name")
+    if p["title"] is not None:
+        vd.xml_text(p["title"], "title", single_line=True)
+    if p["description"] is not None:
+        vd.xml_text(p["description"], "description")
+    for option in ("memory", "vcpus", "shutdown_timeout"):
+        if p[option] is not None or option == "shutdown_timeout":
+            vd.number(p[option], option, *vd.limit(option))
     if root is None:
         return name, None
     if xml_name is None:

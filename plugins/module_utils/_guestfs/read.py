@@ -18,11 +18,11 @@ import stat
 import tempfile
 from collections.abc import Iterable
 
-from ansible_collections.virtops.kvm.plugins.module_utils._domain_xml import validate_name
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import Part
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import require_absolute
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession, runtime_message
+from ansible_collections.virtops.kvm.plugins.module_utils._validate import validate_name
 
 # The max_size option's default (its only copy: the argument spec uses this constant).
 DEFAULT_MAX_SIZE = 1024 * 1024
@@ -325,7 +325,7 @@ def read_guests(
     paths, list_dirs = _checked(paths, list_dirs, dest)
     if dest is not None:
         for part in parts:
-            validate_name(part.name, "domain name (a directory below dest)")
+            validate_name(part.name, "the name of domain (a directory below dest)")
     domains, problems, dest_changes = {}, [], []
     with session:
         session.launch()

@@ -7,6 +7,7 @@ where something differs (and not in check mode).
 
 from __future__ import annotations
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, UnsupportedPlatform
 from ansible_collections.virtops.kvm.plugins.module_utils._host.daemons import (
     DirectDaemon,
@@ -55,6 +56,8 @@ class HostManager(Manager):
 
     #: root: the host's file tree (tests point it at a fake one)
     SEAMS = dict(root="/")
+    #: a daemon that has not answered within an hour will not
+    LIMITS = dict(daemon_timeout=(0, 3600, "seconds"))
 
     def _family(self) -> tuple[str | None, str | None]:
         requested = self.p["family"]
@@ -129,6 +132,8 @@ class HostManager(Manager):
         return before, after
 
     def run(self) -> dict:
+        for i, name in enumerate(self.p["extra_packages"] or []):
+            vd.argument(name, f"extra_packages[{i}]", "the package manager")
         hw = probe_hardware(root=self.root)
         if self.p["require_hw_virt"] and not verdict(hw)["kvm_usable"]:
             raise HostError(f"KVM is not usable on this host: {verdict(hw)['reason']}", hint=_REQUIRE_HINT)

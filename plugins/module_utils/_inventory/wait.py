@@ -17,6 +17,7 @@ import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._inventory import addresses
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
@@ -44,7 +45,7 @@ class AddressManager(Manager):
         if self.p["timeout"] < 0:
             raise InvalidInput("timeout must be 0 or more seconds.")
         self.sources = addresses.check_sources(self.p["sources"])
-        self.names = list(dict.fromkeys(dx.validate_name(n) for n in self.p["name"] or []))
+        self.names = list(dict.fromkeys(vd.existing_name(n, "name") for n in self.p["name"] or []))
         if not self.names:
             raise InvalidInput("name lists no domain.", hint="Give the domains whose addresses to wait for.")
 

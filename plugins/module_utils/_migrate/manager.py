@@ -41,6 +41,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._migrate import live a
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import plan as plan_mod
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate.volumes import HostFiles, copy
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import lookup_domain
+from ansible_collections.virtops.kvm.plugins.module_utils._validate import validate_name
 
 
 class MigrateManager(Manager):
@@ -57,7 +58,7 @@ class MigrateManager(Manager):
     SEAMS = dict(dest_connection=None)
 
     def run(self) -> dict:
-        name = dx.validate_name(self.p["name"])
+        name = validate_name(self.p["name"], "name")
         if self.p["timeout"] is not None and self.p["timeout"] < 1:
             raise InvalidInput(f"timeout is {self.p['timeout']}: give a number of seconds, at least 1.")
         if self.p["bandwidth"] is not None and self.p["bandwidth"] < 1:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _network_xml as nx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 
 # What a new <forward> gets per kvm_network mode ("isolated" has none).
@@ -28,7 +28,7 @@ def wanted_root(p: dict, current):
 
     ``current`` is the current definition's root, or None for a new network.
     """
-    name = dx.validate_name(p["name"], "network name")
+    name = vd.validate_name(p["name"], "name")
     if p["xml"] is not None:
         root = nx.parse(p["xml"])
         xml_name = nx.name_of(root)
@@ -159,6 +159,7 @@ def _set_ips(root, ips: list) -> set:
         prefix = item.get("prefix")
         if prefix is None:
             prefix = nx.prefix_of(el) or (64 if family == "ipv6" else 24)
+        vd.number(prefix, f"ips[{i}].prefix", 0, 128 if family == "ipv6" else 32, "bits")
         el.set("prefix", str(prefix))
         if item.get("dhcp_ranges") is not None:
             _set_ranges(el, item["dhcp_ranges"], i)
@@ -198,6 +199,8 @@ def _set_dhcp_hosts(ip_el, hosts: list, family: str, i: int) -> set:
         where = f"ips[{i}].dhcp_hosts[{j}]"
         mac = nx.normalize_mac(h["mac"], f"MAC of {where}") if h.get("mac") else None
         name = h.get("name") or None
+        if name is not None and h.get("state") != "absent":
+            vd.hostname(name, f"{where}.name")
         if mac is None and name is None:
             raise InvalidInput(f"{where} needs a mac (IPv4) or a name.")
         key = ("mac", mac) if mac else ("name", name)
@@ -239,8 +242,8 @@ def _set_dns_hosts(root, hosts: list) -> set:
         if not names:
             raise InvalidInput(f"dns_hosts[{j}] ({addr}) needs at least one hostname.")
         el = etree.SubElement(_dns_of(root), "host", ip=str(addr))
-        for n in names:
-            etree.SubElement(el, "hostname").text = n
+        for k, n in enumerate(names):
+            etree.SubElement(el, "hostname").text = vd.hostname(n, f"dns_hosts[{j}].hostnames[{k}]")
     return gone
 
 

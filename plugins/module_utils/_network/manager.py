@@ -15,8 +15,8 @@ real run makes it, so ``changed``, ``changes`` and the diff are the same.
 from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _dhcp
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _network_xml as nx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
@@ -103,7 +103,7 @@ class NetworkManager(ScansHost, Manager):
 
     def run(self) -> dict:
         p = self.p
-        name = dx.validate_name(p["name"], "network name")
+        name = vd.validate_name(p["name"], "name")
         net = _dhcp.lookup(self.conn, name)
         config = _dhcp.config_root(net) if net is not None else None
         was_active = bool(net.isActive()) if net is not None else False

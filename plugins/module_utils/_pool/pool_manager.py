@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import handles
@@ -201,7 +202,7 @@ class PoolManager(ScansHost, Manager):
         return after, bool(active_after and pending), refreshed
 
     def run(self) -> dict:
-        dx.validate_name(self.name, "pool name")
+        vd.validate_name(self.name, "name")
         pool = handles.lookup_pool(self.conn, self.name)
         current = handles.definition(pool) if pool is not None else None
         wanted = px.from_options(self.p, current.get("type") if current is not None else None)

@@ -28,6 +28,7 @@ import posixpath
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 
 POOL_TYPES = ("dir", "logical", "netfs")
@@ -51,6 +52,14 @@ FILLED = {
     "pool/target": frozenset({"permissions"}),
 }
 _PATH_ATTRS = {("dir", "path"), ("device", "path")}
+# What else in <source> libvirt passes to mount(8), iscsiadm or LVM: element@attribute (no attribute: its text).
+_SOURCE_ARGS = (
+    ("dir@path", "source_path"),
+    ("device@path", "source_devices"),
+    ("name@", "source_name"),
+    ("adapter@name", "the source adapter in xml"),
+    ("initiator/iqn@name", "the initiator IQN in xml"),
+)
 
 
 def parse(xml: str | bytes, what: str = "pool XML"):
@@ -69,9 +78,31 @@ def _sub(parent, tag: str, text: str | None = None, **attrib):
 
 
 def _absolute(value: str, option: str) -> str:
+    """An absolute path that mount(8) or iscsiadm can take as one argument (no whitespace or control chars)."""
     if not isinstance(value, str) or not value.startswith("/"):
-        raise InvalidInput(f"{option} must be an absolute path, not {value!r}.")
-    return posixpath.normpath(value)
+        raise vd.refuse(option, value, "an absolute path (starting with '/') is expected")
+    return posixpath.normpath(vd.mount_arg(value, option))
+
+
+def check_sources(root) -> None:
+    """What libvirt hands to mount(8) or iscsiadm from a pool definition (typed options or xml): never an option.
+
+    A server is an address or a host name; an export, device, target or source name is one argument
+    that does not start with '-' and has no whitespace or control characters.
+    """
+    src = root.find("source")
+    if src is not None:
+        for host in src.findall("host"):
+            vd.host(host.get("name"), "source_host")
+        for path, option in _SOURCE_ARGS:
+            tag, attr = path.split("@")
+            for el in src.findall(tag):
+                value = el.get(attr) if attr else (el.text or "").strip()
+                if value:
+                    vd.mount_arg(value, option)
+    target = (root.findtext("target/path") or "").strip()
+    if target:
+        vd.mount_arg(target, "path")
 
 
 def definition_given(p: dict) -> bool:
@@ -96,7 +127,7 @@ def from_options(p: dict, current_type: str | None = None):
 
     ``current_type`` is the defined pool's type, used when ``type`` is not given.
     """
-    name = dx.validate_name(p["name"], "pool name")
+    name = vd.validate_name(p["name"], "name")
     if p.get("xml"):
         root = parse(p["xml"])
         xml_name = dx.text(root, "name")
@@ -108,6 +139,7 @@ def from_options(p: dict, current_type: str | None = None):
             raise InvalidInput(f"The xml names the pool {xml_name!r}, but the name option is {name!r}.")
         if root.get("type") is None:
             raise InvalidInput("The pool XML has no type attribute (<pool type='dir'>).")
+        check_sources(root)
         return root
     if not definition_given(p):
         return None
@@ -126,14 +158,15 @@ def from_options(p: dict, current_type: str | None = None):
     elif kind == "logical" and (p.get("source_devices") or p.get("source_name") or p.get("source_format")):
         src = _sub(root, "source")
         for dev in p.get("source_devices") or []:
-            _sub(src, "device", path=_absolute(dev, "each of source_devices"))
+            _sub(src, "device", path=_absolute(dev, "source_devices"))
         if p.get("source_name"):
-            dx.validate_name(p["source_name"], "volume group name (source_name)")
+            vd.validate_name(p["source_name"], "source_name")
             _sub(src, "name", p["source_name"])
         if p.get("source_format"):
             _sub(src, "format", type=p["source_format"])
     if p.get("path"):
         _sub(_sub(root, "target"), "path", _absolute(p["path"], "path"))
+    check_sources(root)
     return root
 
 

@@ -15,13 +15,13 @@ import os
 import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import handles, usage
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_content as content
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_xml as vx
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScansHost
+from ansible_collections.virtops.kvm.plugins.module_utils._validate import validate_name
 
 _SHA256 = re.compile(r"^(sha256:)?([0-9a-fA-F]{64})$")
 _FILE_POOLS = ("dir", "fs", "netfs")
@@ -30,13 +30,13 @@ _SOURCES = ("clone_from", "backing_volume", "upload", "download")
 
 def _validate(p: dict) -> dict:
     """Every check that needs no libvirt; returns the parsed values (size in bytes, checksum)."""
-    dx.validate_name(p["name"], "volume name")
-    dx.validate_name(p["pool"], "pool name")
+    validate_name(p["name"], "name")
+    validate_name(p["pool"], "pool")
     size = vx.parse_size(p["size"]) if p["size"] is not None else None
     if p["format"] == "raw" and p["backing_volume"]:
         raise InvalidInput("A volume with a backing volume is a qcow2 overlay; format raw cannot have one.")
     if p["clone_from"] is not None:
-        dx.validate_name(p["clone_from"], "volume name in clone_from")
+        validate_name(p["clone_from"], "clone_from")
         if p["clone_from"] == p["name"]:
             raise InvalidInput("clone_from names the volume itself.")
     checksum = None

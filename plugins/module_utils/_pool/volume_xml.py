@@ -3,38 +3,25 @@
 
 Pure lxml, no connection. Sizes are bytes everywhere inside; the ``size``
 option takes a number with a unit as libvirt and qemu-img write them
-(``10G`` and ``10GiB`` are 10 * 1024**3, ``10GB`` is 10 * 1000**3).
+(``10G`` and ``10GiB`` are 10 * 1024**3, ``10GB`` is 10 * 1000**3), parsed and
+bounded by ``_validate.size``.
 """
 
 from __future__ import annotations
 
-import re
-
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 
 VOLUME_FORMATS = ("raw", "qcow2")
-_SIZE = re.compile(r"^\s*(\d+)\s*([A-Za-z]*)\s*$")
 # How far a backend may round a requested capacity up (qcow2: 1 KiB; LVM: one 4 MiB extent).
 GRANULARITY = {"dir": 1024, "fs": 1024, "netfs": 1024, "logical": 4 * 1024**2}
 _DEFAULT_GRANULARITY = 1024**2
 
 
 def parse_size(value, option: str = "size") -> int:
-    """Bytes from ``10G``, ``512MiB``, ``1000000000`` (bytes) ...; a size of 0 or less is refused."""
-    m = _SIZE.match(str(value)) if value is not None else None
-    factor = dx.UNITS.get((m.group(2) or "b").lower()) if m else None
-    if factor is None:
-        raise InvalidInput(
-            f"{option} {value!r} is not a size.",
-            hint="Write a whole number with an optional unit: 10G or 10GiB (binary), 10GB (decimal), "
-            "512M, or a number of bytes.",
-        )
-    size = int(m.group(1)) * factor
-    if size <= 0:
-        raise InvalidInput(f"{option} must be more than 0 bytes, not {value!r}.")
-    return size
+    """Bytes from ``10G``, ``512MiB``, ``1000000000`` (bytes) ...: 1 byte to ``_validate.MAX_SIZE``."""
+    return vd.size(value, option)
 
 
 def round_up(size: int, pool_type: str) -> int:

@@ -10,7 +10,7 @@ stands on that base (``in_chain``: a delete then merges a layer).
 
 from __future__ import annotations
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import layers
@@ -74,7 +74,7 @@ class SnapshotInfoManager(Manager):
     READONLY = True
 
     def run(self) -> dict:
-        dx.validate_name(self.p["domain"])
+        vd.existing_name(self.p["domain"], "domain")
         ctx = SnapshotContext(self.connection, self.p["domain"], True, self.runner)
         snapshots = ctx.snapshots()
         infos = all_info(ctx, snapshots)

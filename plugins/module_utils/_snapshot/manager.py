@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import state_name
@@ -53,8 +53,10 @@ class SnapshotManager(Manager):
         return SnapshotContext(self.connection, self.p["domain"], self.check_mode, self.runner)
 
     def _validate(self) -> None:
-        dx.validate_name(self.p["domain"])
-        dx.validate_name(self.p["name"], "snapshot name")
+        vd.validate_name(self.p["domain"], "domain")
+        vd.validate_name(self.p["name"], "name")
+        if self.p["description"] is not None:
+            vd.xml_text(self.p["description"], "description")
         if self.p["timeout"] < 1:
             raise InvalidInput("timeout must be at least 1 second.")
 

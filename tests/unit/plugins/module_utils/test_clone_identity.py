@@ -955,7 +955,9 @@ def test_no_operations_and_no_files_never_launch(conn, tpl, tmp_path):
 def test_a_clone_name_that_is_no_host_name(conn, tpl, tmp_path):
     apps = Appliances()
     before = files_in(tmp_path)
-    with pytest.raises(InvalidInput, match=r"The name of clone 'ut_a' \(its hostname, as none is given\) is 'ut_a': .*RFC 1123"):
+    with pytest.raises(
+        InvalidInput, match=r"The name of clone 'ut_a' \(its hostname, as none is given\) is 'ut_a': .*RFC 1123"
+    ):
         manager(conn, tmp_path, apps, name="ut_a").run()
     assert files_in(tmp_path) == before and apps.handles == []
     manager(conn, tmp_path, apps, clones=[{"name": "ut_a", "hostname": "ut-a"}]).run()

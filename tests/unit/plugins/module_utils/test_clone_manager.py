@@ -165,7 +165,7 @@ def test_bad_inputs_change_nothing(conn, tpl, tmp_path):
         (dict(clones=[{"name": "ut-m", "macs": [used_mac]}]), Conflict, "already used by domain 'ut-a'"),
         (dict(clones=[{"name": "ut-u", "uuid": used_uuid}]), Conflict, "already used by domain 'ut-a'"),
         (dict(clones=["ut-d", "ut-d"]), InvalidInput, "more than once"),
-        (dict(name="../x"), InvalidInput, "not safe"),
+        (dict(name="../x"), InvalidInput, "name is '../x': a name is 1 to 64 characters"),
         (dict(name="ut-n", dest_dir=str(tmp_path / "missing")), StorageError, "does not exist"),
         (dict(name="ut-n", template="ut-nope"), DomainNotFound, "not defined"),
         (dict(name="ut-n", template="test"), InvalidInput, "running"),

@@ -226,7 +226,7 @@ def test_names_and_overrides_normalised():
         ([{"name": "a", "macs": ["52:54:00:00:00:01"]}, {"name": "b", "macs": ["52:54:00:00:00:01"]}], "both"),
         ([{"name": "a", "uuid": "x"}], "not a valid UUID"),
         ([{"name": "a", "uuid": NEW_UUID}, {"name": "b", "uuid": NEW_UUID}], "both"),
-        ([{"name": "a", "memory": 0}], "at least 1"),
+        ([{"name": "a", "memory": 0}], "memory of clone .a. is 0: allowed are 1 to"),
         ([{"name": "a", "state": "paused"}], "state of clone"),
         ([], "No clones"),
     ],

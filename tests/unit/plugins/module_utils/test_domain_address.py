@@ -123,7 +123,7 @@ def test_the_agent_needs_a_read_write_connection_the_rest_not():
         (dict(name=["a/b"]), "a/b"),
         (dict(name=["a"], sources=["dhcp"]), "Unknown address source 'dhcp'"),
         (dict(name=["a"], sources=["lease", "lease"]), "listed twice"),
-        (dict(name=["a"], timeout=-1), "timeout must be 0 or more"),
+        (dict(name=["a"], timeout=-1), "timeout is -1: allowed are 0 to 604800 seconds"),
     ],
 )
 def test_bad_options_are_refused_before_anything_is_read(params, words):

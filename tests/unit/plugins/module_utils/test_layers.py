@@ -20,6 +20,7 @@ PREFIX = "ansible_collections.virtops.kvm.plugins."
 ALLOWED = {
     "_errors": set(),
     "_deps": set(),
+    "_validate": {"_errors"},
     "_connection_errors": {"_deps", "_errors"},
     "_connection": {"_deps", "_errors", "_connection_errors"},
     "_manager": {"_deps", "_errors", "_connection"},
@@ -65,6 +66,10 @@ ALLOWED = {
     "_image": {"_deps", "_errors"},
     "_migrate": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_drift", "_scan"},
 }
+# The checks of what users type (_validate) sit at the bottom: every unit above _errors may use them.
+for _name, _allowed in ALLOWED.items():
+    if _name not in ("_errors", "_deps", "_validate"):
+        _allowed.add("_validate")
 # Feature packages may use the host package only for its hardware verdict.
 HOST_PUBLIC = {"_host.probe"}
 # kvm_clone's identity reset drives the appliance kvm_guestfs uses: only its session and drive naming.

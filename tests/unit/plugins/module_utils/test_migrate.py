@@ -104,7 +104,7 @@ def test_a_disk_missing_on_the_source_is_refused_before_anything(keeper, dest):
         (dict(name="mig-nodisk", live="never"), "running"),
         (dict(timeout=0), "timeout"),
         (dict(bandwidth=0), "bandwidth"),
-        (dict(name="../x"), "not safe"),
+        (dict(name="../x"), "name is '../x': a name is"),
     ],
 )
 def test_refused_options(keeper, dest, running, params, error):

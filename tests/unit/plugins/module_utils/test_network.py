@@ -196,7 +196,7 @@ def test_bad_input_changes_nothing(keeper, conn, name):
         ),
         (dict(name=name, forward_mode="bridge", bridge="vt-nosuchbr0", ips=[]), InvalidInput, "does not exist"),
         (dict(name=f"{name}-new"), InvalidInput, "gives nothing to define"),
-        (dict(name="bad/name", forward_mode="nat"), InvalidInput, "not safe"),
+        (dict(name="bad/name", forward_mode="nat"), InvalidInput, "name is 'bad/name': a name is"),
         (dict(name=name, xml="<network><name>x</name></network>"), InvalidInput, "names the network"),
     ]  # fmt: skip
     for params, error, text in cases:

@@ -135,7 +135,7 @@ def test_refusals_change_nothing(conn, tpl, tmp_path, net):
         (dict(clones=[{"name": "ut-a", "ip": "10.66.0.1"}]), InvalidInput, "not a free host address"),
         (dict(clones=[{"name": "ut-a", "ip": "10.66.0.5"}], network=None), InvalidInput, "needs the network"),
         (dict(clones=[{"name": "ut-a", "ip": "fd00::5"}]), InvalidInput, "not IPv4"),
-        (dict(clones=["ut_a"]), InvalidInput, "not a valid host name"),
+        (dict(clones=["ut_a"]), InvalidInput, "the host name of its DHCP reservation"),
         (dict(clones=[f"ut-{i}" for i in range(11)]), Conflict, "no free address"),
     ]
     before = (hosts(net), sorted(d.name() for d in conn.listAllDomains()))

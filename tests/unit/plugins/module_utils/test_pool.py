@@ -82,7 +82,7 @@ def test_options_build_each_type():
         (dict(type="logical", source_path="/x"), "does not apply to a logical pool"),
         (dict(type="netfs", path="/m", source_format="lvm2"), "not one of a netfs pool"),
         (dict(type="logical", source_devices=["sdb"]), "absolute"),
-        (dict(name="../etc", path="/p"), "not safe"),
+        (dict(name="../etc", path="/p"), "name is '../etc': a name is"),
         (dict(xml="<pool type='dir'><name>other</name></pool>"), "names the pool 'other'"),
         (dict(xml="<network/>"), "expected <pool>"),
         (dict(xml="<pool><name>p</name>"), "not well-formed"),

@@ -202,7 +202,7 @@ def test_a_domain_file_disk_blocks_deletion(conn, pool):
 @pytest.mark.parametrize(
     ("params", "error", "message"),
     [
-        (dict(name="../x", size="1G"), InvalidInput, "not safe"),
+        (dict(name="../x", size="1G"), InvalidInput, "name is '../x': a name is"),
         (dict(size="1G", checksum="abc"), InvalidInput, "not a sha256"),
         (dict(size="1G", checksum="a" * 64), InvalidInput, "upload or download only"),
         (dict(upload="/nonexistent/file"), InvalidInput, "not a file"),
