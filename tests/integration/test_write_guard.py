@@ -151,7 +151,7 @@ def dependant(
     ``snapshot-layer``: an overlay in another directory that only an external snapshot
     (``keep``) of domain ``<prefix>-<name>`` still stands on: the domain itself moved on to
     another disk (named: the domain and the snapshot).
-    A refusal must name the overlay's path, and the domain where there is one.
+    A refusal must name the domain where there is one, else the overlay's path.
     """
     folder = base.parent
     outside = outside or base.parent
@@ -182,7 +182,7 @@ def dependant(
         return path, [str(path)]
     domain = f"{prefix}-{name}"
     define(conn, domain, path)
-    return path, [str(path), domain]
+    return path, [domain]
 
 
 KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "snapshot-layer"])
@@ -373,6 +373,36 @@ def test_delete_a_pool_with_a_used_volume(conn, prefix, pool, kind):
     base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
     assert_refused_untouched("kvm_pool", dict(name=pool["name"], state="absent", delete=True), guarded, names)
     assert conn.storagePoolLookupByName(pool["name"]).isActive()
+
+
+# ---------------------------------------------------------------------- kvm_domain
+
+
+@KINDS
+def test_start_a_domain_whose_disk_is_used(conn, prefix, scratch, kind):
+    """A running guest writes its disk: a disk others stand on is not started (it never boots here)."""
+    a_disk = new_disk(scratch / "a.qcow2", 0x41)
+    a = f"{prefix}-a"
+    define(conn, a, a_disk)
+    dep, names = dependant(kind, conn, prefix, a_disk)
+    guarded = Guarded(scratch, [dep], [a_disk, dep])
+    try:
+        assert_refused_untouched("kvm_domain", dict(name=a, state="running"), guarded, names)
+    finally:
+        dom = conn.lookupByName(a)
+        if dom.isActive():
+            dom.destroy()
+
+
+@KINDS
+def test_remove_a_domain_with_storage_others_stand_on(conn, prefix, scratch, kind):
+    a_disk = new_disk(scratch / "a.qcow2", 0x41)
+    a = f"{prefix}-a"
+    define(conn, a, a_disk)
+    dep, names = dependant(kind, conn, prefix, a_disk)
+    guarded = Guarded(scratch, [dep], [a_disk, dep])
+    assert_refused_untouched("kvm_domain", dict(name=a, state="absent", remove_storage="all"), guarded, names)
+    assert a in [d.name() for d in conn.listAllDomains()]
 
 
 # ---------------------------------------------------------------------- kvm_clone
