@@ -101,7 +101,7 @@ def test_sizes_with_units(text, size):
 
 
 @pytest.mark.parametrize(
-    "text", ["99999999999999999999T", "2P", "1025TiB", "0", "-1G", "1.5G", "１G", "ten", "", True, None, "10Q"]
+    "text", ["99999999999999999999T", "2P", "1025TiB", "0", "-1G", "1.5G", "\uff11G", "ten", "", True, None, "10Q"]
 )
 def test_sizes_are_bounded_and_name_the_option(text):
     message = refused(vd.size, text, "size")
@@ -141,7 +141,9 @@ def test_numbers_walks_suboptions_and_names_every_bad_one():
     assert "one.prefix is 200: allowed are 0 to 128 bits." in message
 
 
-@pytest.mark.parametrize(("text", "single"), [("a\x00b", False), ("\x1b[31m", False), ("a\nb", True), ("\ud800", False)])
+@pytest.mark.parametrize(
+    ("text", "single"), [("a\x00b", False), ("\x1b[31m", False), ("a\nb", True), ("\ud800", False)]
+)
 def test_xml_text_refuses_control_characters(text, single):
     assert refused(vd.xml_text, text, "title", single).startswith(f"title is {text!r}: ")
 
@@ -389,4 +391,3 @@ def test_kvm_clone_blames_the_bad_value(clone_conn, tmp_path, clones, start):
 def test_kvm_clone_dirs_hold_no_control_characters(clone_conn, tmp_path):
     message = refused(clonelib.clone_manager, clone_conn, tmp_path, False, name="ut-a", dest_dir="/srv/a\nb")
     assert message.startswith("dest_dir is '/srv/a\\nb': a path")
-
