@@ -245,11 +245,11 @@ def preview_removals(items: list[dict], scan: HostScan) -> tuple[list[str], list
 def disk_fates(items: list[dict], going: set[str], scan: HostScan) -> tuple[dict[str, list[str]], list[dict]]:
     """Per removed clone, the disk files it created that nothing else uses; the rest are kept.
 
-    "Something else" is any user by the scan's rule but the clones going away:
-    another domain (named), or a hand-made overlay file (named by its path).
+    "Something else" is any dependant by the host's write guard but the clones going away:
+    another domain (named), a hand-made overlay file (named by its path), a snapshot layer.
     """
     candidates = [f["path"] for i in items if i["name"] in going for f in i["files"] if not f["nvram"]]
-    users = scan.users(candidates) if candidates else {}
+    users = {p: scan.dependants(p) for p in candidates}
     deletable: dict[str, list[str]] = {}
     kept = []
     for item in items:
@@ -259,12 +259,18 @@ def disk_fates(items: list[dict], going: set[str], scan: HostScan) -> tuple[dict
         for f in item["files"]:
             if f["nvram"]:
                 continue
-            others = sorted({u["domain"] or u["disk"] for u in users.get(f["path"], []) if u["domain"] not in going})
+            others = sorted({_who(u) for u in users.get(f["path"], []) if u["domain"] not in going})
             if others:
                 kept.append(dict(path=f["path"], used_by=others))
                 continue
             deletable[item["name"]].append(f["path"])
     return deletable, kept
+
+
+def _who(u: dict) -> str:
+    if u["relation"] == "snapshot":
+        return f"snapshot {u['snapshot']} of domain {u['domain']}"
+    return u["domain"] or u["disk"]
 
 
 def protect_bases(plan: dict, outcomes: dict) -> bool:

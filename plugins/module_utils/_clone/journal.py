@@ -125,7 +125,7 @@ class Journal:
             candidates = [p for p in intent["files"] if isinstance(p, str) and os.path.isabs(p)]
             candidates += [t for p in candidates for t in temp_paths(p)]
             existing = [p for p in candidates if os.path.lexists(p)]
-            users = scan.users(existing) if existing else {}
+            users = {p: scan.dependants(p) for p in existing}  # the host's one write guard
             removed = [p for p in existing if not users.get(p)]
             kept = [p for p in existing if users.get(p)]
             if not check_mode:

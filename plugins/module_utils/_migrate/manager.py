@@ -40,7 +40,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manage
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import live as live_mod
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import plan as plan_mod
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate.volumes import HostFiles, copy
-from ansible_collections.virtops.kvm.plugins.module_utils._scan import lookup_domain
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, lookup_domain
 from ansible_collections.virtops.kvm.plugins.module_utils._validate import validate_name
 
 
@@ -168,18 +168,23 @@ class MigrateManager(Manager):
         return "live" if active else "offline"
 
     def _in_use(self, name: str) -> set:
-        """Paths the source's other domains use: their disks and their overlays' recorded bases."""
+        """Paths on the source that something besides domain ``name`` stands on: never deleted after the move.
+
+        The host scan's one rule (other domains' disks and backing chains, overlay files, snapshot
+        layers), plus the bases other domains' overlays recorded (kvm_clone's provenance), which
+        name a base even when this machine cannot read the source's files to follow a chain.
+        """
+        scan = HostScan.take(self.conn)
         out = set()
-        lv = _deps.libvirt
-        for dom in self.conn.listAllDomains(0):
-            if dom.name() == name:
+        for d in scan.domains.values():
+            if d.name == name:
                 continue
-            try:
-                root = dx.parse(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE))
-            except lv.libvirtError:
-                continue  # gone meanwhile
-            out.update(d["path"] for d in dx.disks(root) if d["path"])
-            out.update(c["base"] for c in (dx.provenance(root) or {}).get("created_disks", []) if c.get("base"))
+            out.update(x["path"] for x in dx.disks(d.inactive) if x["path"])
+            out.update(c["base"] for c in (dx.provenance(d.inactive) or {}).get("created_disks", []) if c.get("base"))
+        root = scan.domains[name].inactive if name in scan.domains else None
+        for disk in dx.disks(root) if root is not None else []:
+            if disk["path"] and scan.dependants(disk["path"], name):
+                out.add(disk["path"])
         return out
 
     # ------------------------------------------------------------------ live
