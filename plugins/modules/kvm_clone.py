@@ -75,7 +75,8 @@ options:
         C(memory) (MiB), C(vcpus), C(autostart) (bool), C(macs) (list of MAC addresses, one per interface in
         order; missing ones are generated), C(uuid), C(state) (V(present), V(running) or V(absent)) and
         C(ip) (the IPv4 address of its DHCP reservation on O(network); default chosen as O(network) says),
-        C(hostname) (for the identity reset and the seed's C(local-hostname); default the clone's name),
+        C(hostname) (an RFC 1123 host name, for the identity reset and the seed's C(local-hostname); default
+        the clone's name),
         C(files) (more files for its identity reset, as in O(identity.files); they replace the task's files
         with the same path) and C(cloud_init) (keys as in O(cloud_init), merged over the task's; C(meta_data)
         merged key by key).

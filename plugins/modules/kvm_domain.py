@@ -51,6 +51,10 @@ options:
     description:
       - The domain name. When O(xml) has a C(<name>), it must be this name.
       - May be left out when O(xml) is given; the name is then the XML's C(<name>).
+      - A domain defined from O(xml) follows the collection's naming rule, the same in every module
+        (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..); the C(names.md) guide). Without O(xml) the domain exists and is only looked up, so one
+        named otherwise (by C(virsh define)) can still be started, stopped or removed; its name must not be
+        empty or hold a C(/) or a control character.
       - One of O(name), O(xml) and O(domains) is required; O(domains) excludes the other two.
     type: str
   domains:
@@ -167,11 +171,12 @@ options:
   title:
     description:
       - A short title of the domain (C(<title>)); applied to the config and, when running, live as well.
-      - An empty string removes it.
+      - An empty string removes it. One line, without control characters.
     type: str
   description:
     description:
-      - A free text description (C(<description>)); applied like O(title).
+      - A free text description (C(<description>)); applied like O(title). Tabs and line breaks are allowed,
+        other control characters are not.
     type: str
   shutdown_timeout:
     description:

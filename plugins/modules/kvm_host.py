@@ -82,7 +82,8 @@ options:
     default: false
   extra_packages:
     description:
-      - More package names to install with the same package manager call (names only, no versions).
+      - More package names to install with the same package manager call (names only, no versions). A name
+        never starts with C(-) (the package manager would read an option) and holds no whitespace.
     type: list
     elements: str
     default: []
@@ -123,7 +124,8 @@ options:
     default: true
   daemon_timeout:
     description:
-      - Seconds to wait for a directly started daemon to write its pid file and answer, or to exit.
+      - Seconds to wait for a directly started daemon to write its pid file and answer, or to exit; V(0) to
+        V(3600).
     type: int
     default: 60
   require_hw_virt:

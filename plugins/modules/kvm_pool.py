@@ -42,7 +42,7 @@ attributes:
 options:
   name:
     description:
-      - The pool's name. It must be safe in a file path (letters, digits, C(.), C(_), C(+), C(-)).
+      - The pool's name, by the collection's naming rule (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..); the C(names.md) guide).
     type: str
     required: true
   state:
@@ -75,7 +75,9 @@ options:
     type: str
   source_host:
     description:
-      - V(netfs) only. The file server's host name or address.
+      - V(netfs) only. The file server's host name (RFC 1123) or address. libvirt hands it to mount(8), so
+        nothing else is accepted (never a leading C(-)); likewise O(source_path), O(source_devices) and O(path)
+        never hold whitespace or control characters, also when given in O(xml).
     type: str
   source_path:
     description:

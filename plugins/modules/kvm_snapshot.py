@@ -46,8 +46,8 @@ options:
     required: true
   name:
     description:
-      - The snapshot's name. It is part of the overlay file names, so it must be safe in a path
-        (letters, digits, C(.), C(_), C(+), C(-); no C(/) or C(..)).
+      - The snapshot's name. It is part of the overlay file names, so it follows the collection's naming rule
+        (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..); the C(names.md) guide).
     type: str
     required: true
   state:
@@ -81,7 +81,8 @@ options:
   description:
     description:
       - A free text description of the snapshot (C(virsh snapshot-create-as --description)). When the snapshot
-        exists with another description, the description is updated (an empty string removes it).
+        exists with another description, the description is updated (an empty string removes it). Tabs and
+        line breaks are allowed, other control characters are not.
     type: str
   quiesce:
     description:

@@ -53,7 +53,7 @@ options:
     required: true
   name:
     description:
-      - The volume's name; in a V(dir) pool also its file name. Letters, digits, C(.), C(_), C(+), C(-).
+      - The volume's name; in a V(dir) pool also its file name. The collection's naming rule, 1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..).
     type: str
     required: true
   state:
@@ -74,7 +74,7 @@ options:
   size:
     description:
       - The volume's virtual size, as a number with an optional unit, C(10G) or C(10GiB) (binary), C(10GB)
-        (decimal), C(512M), or bytes (C(1073741824)).
+        (decimal), C(512M), or bytes (C(1073741824)); from 1 byte to 1 PiB (C(1P)).
       - Needed to create a volume from nothing. With O(backing_volume) it defaults to (and may not be less than)
         the backing volume's size; with O(clone_from) to the source's (a larger size grows the copy).
       - A larger size grows an existing volume (C(virsh vol-resize)); the guest sees it at its next start. A

@@ -1,22 +1,32 @@
 """The write guard (issue 24): no module writes a disk file that something else stands on.
 
 Before a write to a disk file, the collection asks the host scan who stands on it
-(the backing chains of every domain, running or not, and hand-made overlays beside
-it) and refuses, naming them. Here, per writer: a dependant is made on the file the
-writer would touch (another domain's qcow2 overlay, or an overlay file made by hand
-with no domain), what the dependant reads is recorded (its raw view, through
-``qemu-img convert -O raw``) with the sha256 of the written-to file, the module
-runs in check mode and for real, and the test asserts that both refused, named the
-dependant, and that every byte is the same afterwards.
+(the backing chains of every domain, running or not, hand-made overlays beside it,
+volumes of other pools, the layers of every domain's external snapshots) and
+refuses, naming them. Here, per writer: a dependant is made on the file the writer
+would touch (see ``dependant`` for the kinds), what the dependant reads is recorded
+(its raw view, through ``qemu-img convert -O raw``) with the sha256 of the
+written-to file, the module runs in check mode and for real, and the test asserts
+that both refused, named the dependant, and that every byte is the same afterwards.
+Where the writer has a safe way round instead of a refusal (an external snapshot
+delete pulls rather than commits; a revert or a clone removal keeps a used file),
+the test asserts that way and the same bytes.
+
+Writers: kvm_snapshot (create internal/external, revert internal, delete internal,
+external merges, external revert's dropped later state), kvm_volume (resize,
+upload force, delete), kvm_pool (absent with delete), kvm_domain (start, absent
+with remove_storage), kvm_clone (a clone onto an existing file, absent) and
+kvm_migrate (an offline move onto a destination file, on two simulated hosts).
 
 Every domain is only defined (shut off, never booted); the images are 16 MiB
-qcow2 files with a few MiB written by qemu-io, so the whole file takes seconds.
-Problems are collected and asserted together, so a run shows every broken promise
-of a scenario at once (the refusal and the bytes), not only the first.
+qcow2 files with a few MiB written by qemu-io. Problems are collected and asserted
+together, so a run shows every broken promise of a scenario at once (the refusal
+and the bytes), not only the first.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -185,7 +195,10 @@ def dependant(
     return path, [domain]
 
 
-KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "snapshot-layer"])
+# "domain" (the overlay beside the file) only where the issue's own scenario needs it: "domain-elsewhere"
+# asks the same rule (the backing chains of the domains' disks) and keeps the file fast.
+ALL_KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "snapshot-layer"])
+KINDS = pytest.mark.parametrize("kind", ["domain-elsewhere", "file", "snapshot-layer"])
 
 
 # ---------------------------------------------------------------------- storage pools
@@ -228,7 +241,7 @@ def pool(conn, prefix, scratch):
 # ---------------------------------------------------------------------- kvm_snapshot
 
 
-@KINDS
+@ALL_KINDS
 def test_revert_to_an_internal_snapshot_of_a_base(conn, prefix, scratch, kind):
     """The known data-loss bug: reverting A to an internal snapshot rewrites A under B's overlay."""
     a_disk = new_disk(scratch / "a.qcow2", 0x41)
@@ -331,7 +344,7 @@ def test_revert_to_an_external_snapshot_keeps_a_used_later_layer(conn, prefix, s
 # ---------------------------------------------------------------------- kvm_volume
 
 
-VOLUME_KINDS = pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "file", "volume", "snapshot-layer"])
+VOLUME_KINDS = pytest.mark.parametrize("kind", ["domain-elsewhere", "file", "volume", "snapshot-layer"])
 
 
 def used_volume(conn, prefix: str, pool: dict, kind: str) -> tuple[Path, Path, list[str], Guarded]:
@@ -370,7 +383,7 @@ def test_delete_a_used_volume(conn, prefix, pool, kind):
 @pytest.mark.parametrize("kind", ["domain", "domain-elsewhere", "volume", "snapshot-layer"])
 def test_delete_a_pool_with_a_used_volume(conn, prefix, pool, kind):
     """state=absent with delete: a volume something outside stands on (or a domain's disk inside) refuses."""
-    base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
+    _base, _dep, names, guarded = used_volume(conn, prefix, pool, kind)
     assert_refused_untouched("kvm_pool", dict(name=pool["name"], state="absent", delete=True), guarded, names)
     assert conn.storagePoolLookupByName(pool["name"]).isActive()
 
@@ -517,8 +530,6 @@ class HostFiles:
         return out
 
     def remove(self) -> None:
-        import shutil
-
         shutil.rmtree(self.outside(self.dir), ignore_errors=True)
 
 
