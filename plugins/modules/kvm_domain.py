@@ -52,9 +52,10 @@ options:
       - The domain name. When O(xml) has a C(<name>), it must be this name.
       - May be left out when O(xml) is given; the name is then the XML's C(<name>).
       - A domain defined from O(xml) follows the collection's naming rule, the same in every module
-        (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..); the C(names.md) guide). Without O(xml) the domain exists and is only looked up, so one
-        named otherwise (by C(virsh define)) can still be started, stopped or removed; its name must not be
-        empty or hold a C(/) or a control character.
+        (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..);
+        the C(names.md) guide). Without O(xml) the domain exists and is only looked up, so one named otherwise
+        (by C(virsh define)) can still be started, stopped or removed; its name must not be empty or hold a
+        C(/) or a control character.
       - One of O(name), O(xml) and O(domains) is required; O(domains) excludes the other two.
     type: str
   domains:

@@ -49,8 +49,9 @@ attributes:
 options:
   name:
     description:
-      - The network name, by the collection's naming rule (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..); the C(names.md) guide). When O(xml)
-        has a C(<name>), it must be this name.
+      - The network name, by the collection's naming rule (1 to 64 letters, digits, C(.), C(_), C(+), C(-),
+        starting with a letter or digit, without C(..); the C(names.md) guide). When O(xml) has a C(<name>),
+        it must be this name.
     type: str
     required: true
   state:

@@ -42,7 +42,8 @@ attributes:
 options:
   name:
     description:
-      - The pool's name, by the collection's naming rule (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..); the C(names.md) guide).
+      - The pool's name, by the collection's naming rule (1 to 64 letters, digits, C(.), C(_), C(+), C(-),
+        starting with a letter or digit, without C(..); the C(names.md) guide).
     type: str
     required: true
   state:

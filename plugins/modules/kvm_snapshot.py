@@ -47,7 +47,8 @@ options:
   name:
     description:
       - The snapshot's name. It is part of the overlay file names, so it follows the collection's naming rule
-        (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..); the C(names.md) guide).
+        (1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..);
+        the C(names.md) guide).
     type: str
     required: true
   state:

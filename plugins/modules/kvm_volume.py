@@ -53,7 +53,8 @@ options:
     required: true
   name:
     description:
-      - The volume's name; in a V(dir) pool also its file name. The collection's naming rule, 1 to 64 letters, digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..).
+      - The volume's name; in a V(dir) pool also its file name. The collection's naming rule, 1 to 64 letters,
+        digits, C(.), C(_), C(+), C(-), starting with a letter or digit, without C(..).
     type: str
     required: true
   state:
