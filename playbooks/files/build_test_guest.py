@@ -25,7 +25,10 @@ when the file was empty (or only whitespace): like systemd at first boot, the
 guest writes a new random 32-hex id into it; else ``kept:<id>``.
 ``seed-hostname`` is ``local-hostname`` from the ``meta-data`` (JSON or YAML) of
 a cloud-init NoCloud seed, an ISO 9660 volume labelled ``cidata`` on an IDE
-CD-ROM (ata_piix, sr_mod, isofs); only reported, the hostname stays the disk's.
+CD-ROM (ata_piix, sr_mod, isofs); only reported, the hostname stays the disk's,
+unless the disk has no ``/etc/hostname`` (a sealed template's clone): then, as
+cloud-init does at a first boot, the seed's name becomes the hostname and is
+written to the disk's ``/etc/hostname``.
 The guest looks for the seed only when libata found an ATAPI device, so the
 lookup adds no wait to a boot without a CD-ROM (loading the IDE and CD-ROM
 modules costs about 1 s under TCG).
@@ -195,6 +198,14 @@ if grep -qs atapi /sys/class/ata_device/*/class; then
     [ -f /run/seed/meta-data ] && seed=$(seed_hostname /run/seed/meta-data)
     umount /run/seed
   fi
+fi
+# A disk without /etc/hostname (a sealed template's clone) takes the seed's name and keeps it,
+# as cloud-init's set_hostname does on a first boot.
+if [ "$host" = none ] && [ "$seed" != none ] && [ -d /root/etc ]; then
+  host=$seed
+  echo "$host" > /root/etc/hostname
+  sync
+  hostname "$host"
 fi
 echo "{IDENTITY_MARKER} hostname=$host machine-id=$mid seed-hostname=$seed" > /dev/ttyS0
 echo "{MARKER} hostname=$host" > /dev/ttyS0

@@ -208,6 +208,7 @@ def provenance(root) -> dict | None:
         created_by=el.get("created-by"),
         created_disks=created,
         identity=_identity(el),
+        identity_source=el.get("identity-source"),
     )
 
 

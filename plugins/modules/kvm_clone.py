@@ -20,10 +20,13 @@ description:
     recognises its clones and O(state=absent) deletes only files this collection created.
   - Existing clones that match are left alone; a domain or file in the way that does not match is an error
     naming the difference, and is never overwritten.
-  - Each NEW clone boots as itself. Before its first boot, kvm_clone resets the identity it copied from the
-    template (hostname, machine-id, SSH host keys, persistent-net rules, DHCP leases, logs; see O(identity))
-    on the clone's own new disk, for the whole batch in ONE libguestfs appliance launch. The base, clones
-    that already existed and running domains are never touched.
+  - Each NEW clone boots as itself. A template sealed by M(virtops.kvm.kvm_template) already has no identity
+    to inherit, so its clones need no appliance: each gets its host name from its cloud-init seed or its DHCP
+    reservation and makes its machine-id and SSH host keys at first boot. From any other template, kvm_clone
+    resets the identity each clone copied (hostname, machine-id, SSH host keys, persistent-net rules, DHCP
+    leases, logs; see O(identity)) on the clone's own new disk, for the batch in as few libguestfs appliance
+    launches as the drive limit allows (one for up to 250 disks). The base, clones that already existed and
+    running domains are never touched. RV(clones[].identity_source) says which path each clone took.
   - With O(cloud_init), each new clone also gets its own cloud-init NoCloud seed (an ISO 9660 volume
     labelled C(cidata) beside its disk, attached as a read-only CD-ROM and removed with the clone).
   - Each clone is created atomically (a failed identity reset, define or start removes that clone's disks),
@@ -174,25 +177,32 @@ options:
         O(identity.mounts); the other clones are created.
       - What was done is recorded in the clone's provenance, so reruns never redo it.
       - Set O(identity.operations=[]) (and no O(identity.files)) to clone without a reset and without libguestfs.
+      - Where nothing else makes SSH host keys at first boot (Debian and Ubuntu without a cloud-init
+        datasource), V(ssh-hostkeys) also installs the first-boot unit C(virtops-ssh-hostkeys.service)
+        (C(ssh-keygen -A) before the SSH service).
     type: dict
     suboptions:
       operations:
         description:
           - The operations, in order, named like virt-sysprep's.
+          - Default, when not given - none for a template sealed by M(virtops.kvm.kvm_template) and unchanged since
+            (its clones need no reset), every operation for any other template.
           - V(hostname) writes the clone's host name (its C(hostname) item, default its name) to C(/etc/hostname)
             and replaces the template's name (and C(name.domain)) in C(/etc/hosts), or names the C(127.0.1.1)
             entry; the name must be a valid host name.
           - V(machine-id) empties C(/etc/machine-id) (systemd makes a new one at first boot) and removes a
             copy in C(/var/lib/dbus/machine-id) (a symlink to it is kept). Skipped without C(/etc/machine-id).
           - V(ssh-hostkeys) removes C(/etc/ssh/ssh_host_*); the SSH server's first start (sshd-keygen on EL and
-            Fedora, cloud-init, or C(ssh-keygen -A)) makes new ones. Skipped without C(/etc/ssh).
+            Fedora, cloud-init, or C(ssh-keygen -A)) makes new ones. Where the guest has systemd and
+            C(ssh-keygen) but no C(sshd-keygen@) unit, it installs and enables C(virtops-ssh-hostkeys.service),
+            which makes them at first boot when none exist. Skipped without C(/etc/ssh).
           - V(net-persistent) removes the udev C(70-persistent-net.rules) (and C(70-persistent-cd.rules)).
           - V(dhcp-leases) removes the DHCP client leases of dhclient, NetworkManager, dhcpcd, wicked, udhcpc.
-          - V(logfiles) truncates every regular file below C(/var/log) (systemd journal files are removed).
+          - V(logfiles) truncates every regular file below C(/var/log) and removes the systemd journal's
+            machine-id directories (named after the template's machine-id).
         type: list
         elements: str
         choices: [hostname, machine-id, ssh-hostkeys, net-persistent, dhcp-leases, logfiles]
-        default: [hostname, machine-id, ssh-hostkeys, net-persistent, dhcp-leases, logfiles]
       files:
         description:
           - Files to write into every new clone after the operations, each a dict with C(path) (absolute, in
@@ -364,6 +374,17 @@ clones:
       returned: when a reset was done, planned or recorded
       sample: {hostname: stu01, done: [hostname, machine-id, logfiles],
                skipped: [{operation: ssh-hostkeys, reason: no /etc/ssh (no SSH server installed)}], files: []}
+    identity_source:
+      description:
+        - Which path gave the clone its own identity. V(sealed-template) - the template was sealed
+          (M(virtops.kvm.kvm_template)), nothing was reset offline; the guest makes its machine-id and SSH host keys
+          at first boot and takes its name from its seed or DHCP. V(offline-reset) - the per-batch offline reset
+          (RV(clones[].identity)). V(none) - neither (O(identity.operations=[]) on an unsealed template).
+        - Read back from the clone's provenance on later runs; absent for clones made before it was recorded.
+      type: str
+      returned: when known
+      choices: [sealed-template, offline-reset, none]
+      sample: sealed-template
     seed:
       description: The clone's cloud-init seed ISO (see O(cloud_init)).
       type: str

@@ -166,6 +166,7 @@ def plan_existing(
         xml_path=path,
         xml=xml_text,
         identity_record=prov.get("identity"),
+        identity_source=prov.get("identity_source"),
         seed_file=next((c["path"] for c in prov["created_disks"] if c["mode"] == "seed"), None),
     )
 

@@ -45,11 +45,10 @@ def check_config(value) -> dict:
         raise InvalidInput(
             f"identity has unknown key(s) {', '.join(unknown)}.", hint=f"Allowed: {', '.join(CONFIG_KEYS)}."
         )
-    ops = value.get("operations")
-    ops = list(OPERATIONS) if ops is None else ops
-    if not isinstance(ops, list):
+    ops = value.get("operations")  # None: the default, decided per template (sealed or not) by the plan
+    if ops is not None and not isinstance(ops, list):
         raise InvalidInput("identity.operations must be a list of operation names.")
-    bad = [o for o in ops if o not in OPERATIONS]
+    bad = [o for o in ops or [] if o not in OPERATIONS]
     if bad:
         raise InvalidInput(
             f"identity.operations has unknown operation(s) {', '.join(map(str, bad))}.",
@@ -59,7 +58,7 @@ def check_config(value) -> dict:
     if force_tcg not in ("auto", "yes", "no"):
         raise InvalidInput("identity.force_tcg must be auto, yes or no.")
     return dict(
-        operations=list(dict.fromkeys(ops)),
+        operations=None if ops is None else list(dict.fromkeys(ops)),
         files=check_files(value.get("files"), "identity.files"),
         mounts=check_mounts(value.get("mounts")),
         force_tcg=force_tcg,
@@ -139,7 +138,7 @@ def clone_plan(spec: dict, cfg: dict) -> dict | None:
     by_path = {f["path"]: f for f in cfg["files"]}
     by_path.update((f["path"], f) for f in spec.get("files") or [])
     files = list(by_path.values())
-    ops = cfg["operations"]
+    ops = list(OPERATIONS) if cfg["operations"] is None else cfg["operations"]  # None: an unsealed template's
     if not ops and not files:
         return None
     name = spec.get("hostname") or spec["name"]
@@ -154,6 +153,26 @@ def clone_plan(spec: dict, cfg: dict) -> dict | None:
             hint="Give the clone a hostname option, or leave hostname out of identity.operations.",
         )
     return dict(operations=list(ops), files=files, hostname=name)
+
+
+#: drives of one appliance: libguestfs's direct backend takes 255, and the appliance's own disk is one
+MAX_DRIVES = 250
+
+
+def chunks(items: list[dict], limit: int | None = None) -> list[list[dict]]:
+    """``items`` in order, cut so that no appliance gets more than ``limit`` drives (a clone is never split)."""
+    limit = limit or MAX_DRIVES
+    out: list[list[dict]] = []
+    drives = 0
+    for item in items:
+        n = max(1, len(item["disks"]))
+        if out and drives + n <= limit:
+            out[-1].append(item)
+            drives += n
+        else:
+            out.append([item])
+            drives = n
+    return out
 
 
 def reset_batch(items: list[dict], cfg: dict, force_tcg: bool, handle_factory=None) -> tuple[dict, list[str]]:

@@ -52,7 +52,7 @@ class CloneManager(Manager):
             type="dict",
             apply_defaults=True,
             options=dict(
-                operations=dict(type="list", elements="str", choices=list(OPERATIONS), default=list(OPERATIONS)),
+                operations=dict(type="list", elements="str", choices=list(OPERATIONS)),
                 files=dict(type="list", elements="dict", default=[]),
                 mounts=dict(type="dict"),
                 force_tcg=dict(type="str", choices=["auto", "yes", "no"], default="auto"),
@@ -229,8 +229,11 @@ class CloneManager(Manager):
         if not todo:
             return refused
         force_tcg, _why = decide_force_tcg(self.identity["force_tcg"], lambda: kvm_usable(self.conn))
-        done, warnings = identity.reset_batch(todo, self.identity, force_tcg, self.handle_factory)
-        self.warnings.extend(warnings)
+        done: dict = {}
+        for chunk in identity.chunks(todo):  # an appliance takes at most 255 drives
+            got, warnings = identity.reset_batch(chunk, self.identity, force_tcg, self.handle_factory)
+            done.update(got)
+            self.warnings.extend(w for w in warnings if w not in self.warnings)
         for item in todo:
             o = done[item["name"]]
             if not o["ok"]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils._clone import space
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import seal, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.existing import plan_absent, plan_existing, xml_path
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.identity import clone_plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.network import Reservations
@@ -26,6 +26,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import (
     seed_path,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import new_mac, new_uuid
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.template import load_template
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import (
     clone_disk_path,
@@ -257,6 +258,9 @@ class Planner:
         )
         if seed_file:
             attach_cdrom(root, seed_file)
+        identity = clone_plan(s, self._identity_cfg(tpl)) if disks else None
+        source = "offline-reset" if identity else ("sealed-template" if self._sealed(tpl) else "none")
+        root.find(f"metadata/{{{dx.NS}}}clone").set("identity-source", source)
         return dict(
             action="create",
             spec=s,
@@ -268,9 +272,23 @@ class Planner:
             xml=dx.tostring(root),
             xml_path=path,
             before=None,
-            identity=clone_plan(s, self.identity_cfg) if disks else None,
+            identity=identity,
+            identity_source=source,
             seed=dict(path=seed_file, documents=seed_documents(name, uuid, hostname, seed_cfg)) if seed_file else None,
         )
+
+    def _sealed(self, tpl: dict) -> bool:
+        """Whether the template is sealed (kvm_template) and unchanged since: read once per run."""
+        if "sealed" not in tpl:
+            tpl["sealed"] = seal.sealed(tpl["root"], [d["path"] for d in tpl["disks"]])
+        return tpl["sealed"]
+
+    def _identity_cfg(self, tpl: dict) -> dict:
+        """The identity option with its default resolved: no operations for a sealed template, all for another."""
+        cfg = self.identity_cfg
+        if cfg["operations"] is not None:
+            return cfg
+        return dict(cfg, operations=[] if self._sealed(tpl) else list(OPERATIONS))
 
     def _seed_path(self, name: str, dest_dir: str | None) -> str:
         """A free path for the clone's cloud-init seed, beside its disk (in dest_dir)."""

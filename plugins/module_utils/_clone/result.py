@@ -68,6 +68,8 @@ def _entry(item: dict, o: dict) -> dict:
         entry["xml_file"] = item["xml_path"]
     if o.get("identity") or item.get("identity_record"):
         entry["identity"] = o.get("identity") or item["identity_record"]
+    if item.get("identity_source"):
+        entry["identity_source"] = item["identity_source"]
     seed = item["seed"]["path"] if item.get("seed") else item.get("seed_file")
     if seed and entry["state"] != "absent":
         entry["seed"] = seed

@@ -32,16 +32,16 @@ _LEASE_GLOBS = (
 )
 
 
-def _is_file(g, path: str) -> bool:
+def is_file(g, path: str) -> bool:
     """A regular file (not followed through a symlink)."""
     return bool(g.is_file(path, followsymlinks=False))
 
 
-def _remove(g, paths: list[str]) -> list[str]:
+def remove(g, paths: list[str]) -> list[str]:
     """rm each regular file or symlink; the ones removed."""
     out = []
     for p in paths:
-        if _is_file(g, p) or g.is_symlink(p):
+        if is_file(g, p) or g.is_symlink(p):
             g.rm(p)
             out.append(p)
     return out
@@ -55,10 +55,10 @@ def hostname(g, name: str) -> tuple[bool, str]:
     """/etc/hostname = name; in /etc/hosts the template's name (and its FQDN's host part) becomes name."""
     if not g.is_dir("/etc"):
         return False, "no /etc (not a Linux guest)"
-    old = g.cat("/etc/hostname").strip() if _is_file(g, "/etc/hostname") else ""
+    old = g.cat("/etc/hostname").strip() if is_file(g, "/etc/hostname") else ""
     g.write("/etc/hostname", f"{name}\n")
     touched = ["/etc/hostname"]
-    if _is_file(g, "/etc/hosts"):
+    if is_file(g, "/etc/hosts"):
         text = g.cat("/etc/hosts")
         new = hosts_with_name(text, old, name)
         if new != text:
@@ -117,11 +117,11 @@ def hosts_with_name(text: str, old: str, name: str) -> str:
 
 def machine_id(g) -> tuple[bool, str]:
     """Empty /etc/machine-id (systemd makes a new one at first boot); remove D-Bus's own copy."""
-    if not _is_file(g, "/etc/machine-id"):
+    if not is_file(g, "/etc/machine-id"):
         return False, "no /etc/machine-id (no systemd)"
     g.truncate("/etc/machine-id")
     detail = "/etc/machine-id emptied"
-    if _is_file(g, "/var/lib/dbus/machine-id"):  # a copy (a symlink to /etc/machine-id is left)
+    if is_file(g, "/var/lib/dbus/machine-id"):  # a copy (a symlink to /etc/machine-id is left)
         g.rm("/var/lib/dbus/machine-id")
         detail += ", /var/lib/dbus/machine-id removed"
     return True, detail
@@ -153,7 +153,7 @@ _OWN_KEYGEN = (
 
 def keygen_at_first_boot(g) -> str | None:
     """Install and enable KEYGEN_UNIT where the guest needs it; what was done, or None."""
-    if not g.is_dir("/etc/systemd/system") or not _is_file(g, "/usr/bin/ssh-keygen"):
+    if not g.is_dir("/etc/systemd/system") or not is_file(g, "/usr/bin/ssh-keygen"):
         return None
     if any(g.exists(p) for p in _OWN_KEYGEN):
         return None
@@ -173,7 +173,7 @@ def ssh_hostkeys(g) -> tuple[bool, str]:
     """Remove /etc/ssh/ssh_host_*; make sure something makes new ones at first boot."""
     if not g.is_dir("/etc/ssh"):
         return False, "no /etc/ssh (no SSH server installed)"
-    gone = _remove(g, _glob(g, "/etc/ssh/ssh_host_*"))
+    gone = remove(g, _glob(g, "/etc/ssh/ssh_host_*"))
     if not gone:
         return False, "no SSH host keys in /etc/ssh"
     unit = keygen_at_first_boot(g)
@@ -181,7 +181,7 @@ def ssh_hostkeys(g) -> tuple[bool, str]:
 
 
 def net_persistent(g) -> tuple[bool, str]:
-    gone = _remove(g, list(_PERSISTENT_NET))
+    gone = remove(g, list(_PERSISTENT_NET))
     if not gone:
         return False, "no udev persistent-net rules"
     return True, f"removed {', '.join(gone)}"
@@ -189,7 +189,7 @@ def net_persistent(g) -> tuple[bool, str]:
 
 def dhcp_leases(g) -> tuple[bool, str]:
     files = sorted({p for pattern in _LEASE_GLOBS for p in _glob(g, pattern)})
-    gone = _remove(g, files)
+    gone = remove(g, files)
     if not gone:
         return False, "no DHCP client lease files"
     return True, f"{len(gone)} lease file(s) removed"
@@ -211,7 +211,7 @@ def logfiles(g) -> tuple[bool, str]:
         path = posixpath.join("/var/log", rel)
         if rel.startswith("journal/") and rel.count("/") == 1 and g.is_dir(path):
             journals.append(path)
-        if rel.startswith("journal/") or not _is_file(g, path):
+        if rel.startswith("journal/") or not is_file(g, path):
             continue
         if g.filesize(path) > 0:
             g.truncate(path)
@@ -233,7 +233,7 @@ def write_files(g, files: list[dict]) -> list[str]:
             g.mkdir_p(parent)
         mode = f["mode"]
         if mode is None:  # an existing file keeps its mode, a new one is 0644
-            mode = g.statns(path)["st_mode"] & 0o7777 if _is_file(g, path) else 0o644
+            mode = g.statns(path)["st_mode"] & 0o7777 if is_file(g, path) else 0o644
         g.write(path, f["content"].encode("utf-8") if isinstance(f["content"], str) else f["content"])
         g.chmod(mode, path)
         if f["owner"]:
@@ -257,7 +257,7 @@ class _Owners:
     def _table(self, path: str) -> dict[str, tuple[int, int]]:
         if path not in self._tables:
             table = {}
-            if _is_file(self.g, path):
+            if is_file(self.g, path):
                 for line in self.g.cat(path).splitlines():
                     parts = line.split(":")
                     if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
@@ -292,7 +292,7 @@ def run_operations(g, operations: list[str], name: str, files: list[dict]) -> di
         if op == "hostname":
             ok, detail = hostname(g, name)
         else:
-            ok, detail = _SIMPLE[op](g)
+            ok, detail = SIMPLE[op](g)
         if ok:
             done.append(op)
             details[op] = detail
@@ -302,7 +302,7 @@ def run_operations(g, operations: list[str], name: str, files: list[dict]) -> di
     return dict(done=done, skipped=skipped, details=details, files=written)
 
 
-_SIMPLE = {
+SIMPLE = {
     "machine-id": machine_id,
     "ssh-hostkeys": ssh_hostkeys,
     "net-persistent": net_persistent,

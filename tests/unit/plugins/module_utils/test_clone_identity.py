@@ -571,11 +571,11 @@ def test_unknown_owner_is_an_owner_error(owner, words):
 # --------------------------------------------------------------------------- identity: options and plan
 
 
-def test_check_config_defaults_to_every_operation():
+def test_check_config_leaves_the_operations_to_the_template():
+    """No operations given: every one for an unsealed template, none for a sealed one (decided by the plan)."""
     for value in (None, {}):
-        assert identity.check_config(value) == dict(
-            operations=list(OPERATIONS), files=[], mounts=None, force_tcg="auto"
-        )
+        assert identity.check_config(value) == dict(operations=None, files=[], mounts=None, force_tcg="auto")
+    assert identity.clone_plan(dict(name="web1"), identity.check_config(None))["operations"] == list(OPERATIONS)
     cfg = identity.check_config(
         dict(operations=["hostname", "hostname", "logfiles"], mounts={"/dev/sda1": "/"}, force_tcg="yes")
     )
@@ -873,6 +873,33 @@ def test_check_mode_plans_the_reset_and_launches_nothing(conn, tpl, tmp_path):
     }
     assert apps.handles == []
     assert files_in(tmp_path) == before and "ut-a" not in [d.name() for d in conn.listAllDomains()]
+
+
+def test_chunks_keep_every_appliance_under_the_drive_limit():
+    items = [dict(name=f"c{i}", disks=[{}] * (2 if i % 3 == 0 else 1)) for i in range(300)]
+    cut = identity.chunks(items)
+    assert [i["name"] for c in cut for i in c] == [i["name"] for i in items]  # in order, each once
+    assert all(sum(len(i["disks"]) for i in c) <= identity.MAX_DRIVES for c in cut)
+    assert len(cut) == 2
+    assert identity.chunks(items[:3], limit=2) == [[items[0]], [items[1], items[2]]]
+    assert identity.chunks([]) == []
+
+
+def test_a_batch_over_the_drive_limit_is_reset_in_several_appliances(conn, tpl, tmp_path, monkeypatch):
+    """300 new clones hit libguestfs's 255 drives in one appliance; here the limit is 2 and 3 clones."""
+    monkeypatch.setattr(identity, "MAX_DRIVES", 2)
+    apps = Appliances()
+    res = manager(conn, tmp_path, apps, clones=["ut-a", "ut-b", "ut-c"]).run()
+    assert res["changed"] is True
+    assert sorted(c["name"] for c in res["clones"] if c["identity"]["done"] == list(OPERATIONS)) == [
+        "ut-a",
+        "ut-b",
+        "ut-c",
+    ]
+    assert [len(h.drives) for h in apps.handles] == [2, 1]
+    for name in ("ut-a", "ut-b", "ut-c"):
+        assert apps.root(tmp_path / f"{name}.qcow2").text("/etc/hostname") == f"{name}\n"
+        assert recorded(conn, name)["done"] == list(OPERATIONS)
 
 
 def test_a_run_resets_records_and_a_rerun_is_unchanged(conn, tpl, tmp_path):

@@ -322,6 +322,7 @@ def test_domain_info_carries_the_clone_provenance(conn, name, tmp_path):
         created_by="virtops.kvm",
         created_disks=[dict(path=overlay, base=None, mode="overlay", format=None)],
         identity=None,  # no identity reset recorded in this hand-made record
+        identity_source=None,  # nor which path gave the clone its identity
     )
     listed, missing = list_domains(conn, URI, names=[name])
     assert missing == [] and listed[0]["provenance"]["template"] == "t"
