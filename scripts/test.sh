@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Run every test of virtops.kvm: lint, the docs linter, unit, ansible-test sanity,
-# integration against the real qemu:///system daemon, molecule, and the packaging check.
-# Usage: scripts/test.sh [stage ...]   stages: lint docs unit sanity integration molecule package
+# Run every test of virtops.kvm: lint, the docs linter, unit, the property-based fuzzing of every module
+# and filter, ansible-test sanity, integration against the real qemu:///system daemon, molecule, and the
+# packaging check.
+# Usage: scripts/test.sh [stage ...]   stages: lint docs unit fuzz sanity integration molecule package
 # (default: all, in that order). Any failing stage fails the run; so does a
 # pytest stage that ran no test (pytest exits 5).
 set -euo pipefail
@@ -15,7 +16,7 @@ export ANSIBLE_CONFIG="$here/ansible.cfg"
 export LIBVIRT_DEFAULT_URI=${LIBVIRT_DEFAULT_URI:-qemu:///system}
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(lint docs unit sanity integration molecule package)
+[ ${#stages[@]} -gt 0 ] || stages=(lint docs unit fuzz sanity integration molecule package)
 banner() { printf '\n==== %s ====\n' "$*"; }
 
 stage_lint() {
@@ -49,8 +50,9 @@ missing_target() {
 }
 
 stage_unit() {
+  # tests/unit/fuzz is its own stage (fuzz, below): Hypothesis is in the main venv only.
   banner "unit tests on Python $OWN (pytest, libvirt test:///default, no daemon)"
-  pytest -q -p no:cacheprovider tests/unit
+  pytest -q -p no:cacheprovider tests/unit --ignore=tests/unit/fuzz
   local v
   for v in "${TARGETS[@]}"; do
     [ "$v" = "$OWN" ] && continue
@@ -59,8 +61,16 @@ stage_unit() {
       continue
     fi
     banner "unit tests on Python $v"
-    ".venv-targets/$v/bin/python" -m pytest -q -p no:cacheprovider tests/unit
+    ".venv-targets/$v/bin/python" -m pytest -q -p no:cacheprovider tests/unit --ignore=tests/unit/fuzz
   done
+}
+
+stage_fuzz() {
+  # Every module's arguments and every filter, fuzzed with Hypothesis against test:///default: a fixed
+  # seed and VIRTOPS_FUZZ_EXAMPLES inputs per target (docs/development.md, "Fuzzing"). Hypothesis must
+  # be there: VIRTOPS_FUZZ_REQUIRED turns a missing one into a failure instead of a skip.
+  banner "fuzz: every module and filter (Hypothesis, libvirt test:///default)"
+  VIRTOPS_FUZZ_REQUIRED=1 pytest -q -p no:cacheprovider tests/unit/fuzz
 }
 
 # extra ansible-test sanity arguments, e.g. SANITY_ARGS="--test pylint"
