@@ -166,7 +166,7 @@ class Planner:
         dest_dir = self.p["dest_dir"]
         if tpl is not None and dest_dir is None:
             dest_dir = os.path.dirname(tpl["disks"][0]["path"]) if tpl["disks"] else None
-        seeds = self.cloud_init or any(s.get("cloud_init") for s in self.specs)
+        seeds = self.cloud_init is not None or any(s.get("cloud_init") is not None for s in self.specs)
         if wants_create and (tpl["disks"] or seeds):
             if dest_dir is None:
                 raise InvalidInput("dest_dir is required.")
@@ -237,7 +237,7 @@ class Planner:
         uuid = s["uuid"] or new_uuid(self.batch_uuids)
         seed_cfg = merge_cloud_init(self.cloud_init, s.get("cloud_init"))
         hostname = s.get("hostname") or name
-        seed_file = self._seed_path(name, dest_dir) if seed_cfg else None
+        seed_file = self._seed_path(name, dest_dir) if seed_cfg is not None else None
         if seed_file:
             created.append(dict(path=seed_file, mode="seed", format="raw"))
         macs = list(s["macs"]) + [new_mac(self.batch_macs) for _i in range(n_ifaces - len(s["macs"]))]

@@ -42,7 +42,10 @@ def _json(value, what: str) -> str:
 
 
 def check_cloud_init(value, where: str) -> dict | None:
-    """The normalized seed settings of ``value`` (user_data and network_config as text); None when empty."""
+    """The normalized seed settings of ``value`` (user_data and network_config as text); None when not given.
+
+    ``{}`` asks for a seed with the defaults (instance-id and local-hostname), as the docs say.
+    """
     if value is None:
         return None
     allowed = ", ".join(SEED_KEYS)
@@ -77,17 +80,22 @@ def check_cloud_init(value, where: str) -> dict | None:
         out["network_config"] = network
     elif network is not None:
         raise InvalidInput(f"network_config of {where} must be a dict or a non-empty string.")
-    return out or None
+    return out
 
 
 def merge_cloud_init(task_level: dict | None, clone_level: dict | None) -> dict | None:
-    """Normalized task-level settings overridden by a clone's own (meta_data merged key by key, clone wins)."""
+    """Normalized task-level settings overridden by a clone's own (meta_data merged key by key, clone wins).
+
+    None when neither level asks for a seed; ``{}`` (a seed with the defaults) when one asks with no settings.
+    """
+    if task_level is None and clone_level is None:
+        return None
     out = dict(task_level or {})
     for key, value in (clone_level or {}).items():
         if key == "meta_data":
             value = {**out.get("meta_data", {}), **value}
         out[key] = value
-    return out or None
+    return out
 
 
 def seed_documents(clone: str, uuid: str, hostname: str, cfg: dict) -> dict[str, bytes]:

@@ -18,6 +18,7 @@ import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import seal
 
 # File extension of a clone's disk per image format.
 EXTENSIONS = {"qcow2": "qcow2", "raw": "img"}
@@ -113,6 +114,8 @@ def transform(
         if sec.get("type") == "dynamic":
             for child in sec.findall("label") + sec.findall("imagelabel"):
                 sec.remove(child)
+    for el in root.findall(f"metadata/{{{seal.NS}}}seal"):  # the template's seal is the template's alone
+        el.getparent().remove(el)
     dx.set_provenance(root, template_name, mode, created)
     return root
 

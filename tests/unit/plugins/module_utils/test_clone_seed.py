@@ -36,9 +36,15 @@ def only(*names):
 # ------------------------------------------------------------------ settings
 
 
-@pytest.mark.parametrize("value", [None, {}, {"user_data": None, "meta_data": None, "network_config": None}])
-def test_no_settings_is_no_seed(value):
-    assert seed.check_cloud_init(value, WHERE) is None
+def test_no_cloud_init_is_no_seed():
+    assert seed.check_cloud_init(None, WHERE) is None
+
+
+@pytest.mark.parametrize("value", [{}, {"user_data": None, "meta_data": None, "network_config": None}])
+def test_an_empty_cloud_init_is_a_seed_with_the_defaults(value):
+    """cloud_init: {} asks for a seed: instance-id and local-hostname only (a sealed template's clones need it)."""
+    assert seed.check_cloud_init(value, WHERE) == {}
+    assert seed.merge_cloud_init({}, None) == {} and seed.merge_cloud_init(None, {}) == {}
 
 
 @pytest.mark.parametrize(

@@ -118,11 +118,27 @@ def test_clones_of_a_sealed_template_need_no_appliance(conn, tpl, tmp_path):
         "ut-b": "sealed-template",
     }
     assert all("identity" not in c for c in res["clones"])
-    prov = dx.provenance(dx.parse(conn.lookupByName("ut-a").XMLDesc(0)))
+    clone_root = dx.parse(conn.lookupByName("ut-a").XMLDesc(0))
+    prov = dx.provenance(clone_root)
     assert prov["identity_source"] == "sealed-template" and prov["identity"] is None
+    assert seal.record_of(clone_root) is None  # the template's seal stays the template's
     # a rerun reads the source back from the provenance
     again = clonelib.clone_manager(conn, tmp_path, template=TPL, clones=["ut-a", "ut-b"], handle_factory=apps).run()
     assert again["changed"] is False and [c["identity_source"] for c in again["clones"]] == ["sealed-template"] * 2
+
+
+def test_an_empty_cloud_init_still_gives_each_clone_a_seed(conn, tpl, tmp_path):
+    """cloud_init: {} asks for a seed with the defaults (local-hostname: the clone's name), as documented."""
+    apps = guest()
+    sealer(conn, apps).run()
+    res = clonelib.clone_manager(
+        conn, tmp_path, template=TPL, clones=["ut-a", {"name": "ut-b", "cloud_init": {}}], handle_factory=apps
+    ).run()
+    assert [c.get("seed") for c in res["clones"]] == [None, str(tmp_path / "ut-b-cidata.iso")]
+    res = clonelib.clone_manager(
+        conn, tmp_path, template=TPL, clones=["ut-c"], cloud_init={}, handle_factory=apps
+    ).run()
+    assert res["clones"][0]["seed"] == str(tmp_path / "ut-c-cidata.iso") and (tmp_path / "ut-c-cidata.iso").is_file()
 
 
 def test_an_unsealed_template_gets_the_offline_reset(conn, tpl, tmp_path):
