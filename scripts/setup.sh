@@ -17,6 +17,7 @@ packages=(
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu dnsmasq-base
   qemu-system-x86 qemu-utils libguestfs-tools python3-guestfs extlinux busybox-static xorriso openssh-server iproute2
   libvirt-dev pkg-config gcc python3-dev python3-venv git
+  debootstrap e2fsprogs  # scripts/build-debian-guest.py: the real Debian 12 test guest (mkfs.ext4 -d)
 )
 # supermin (libguestfs's appliance builder) needs a host kernel under /boot.
 compgen -G '/boot/vmlinuz-*' >/dev/null || packages+=(linux-image-amd64)
