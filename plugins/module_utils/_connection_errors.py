@@ -233,7 +233,7 @@ def _remote(p: dict, uri: str, code: int, text: str, low: str) -> KvmError | Non
     if "connection refused" in low:
         if ssh:
             return ConnectionRefused(
-                f"{head} ssh to {host} port {port} was refused: no ssh server listens there.",
+                f"{head} ssh to {host} port {port} was refused: no ssh server listens there ({said}).",
                 hint=f"Is sshd running on {host} ('systemctl enable --now ssh' there), and is {port} its port? "
                 f"Another port goes in the URI: {p['scheme']}://{_login(p)}{host}:2222{p['path'] or '/system'}.",
             )
@@ -241,14 +241,14 @@ def _remote(p: dict, uri: str, code: int, text: str, low: str) -> KvmError | Non
         unit = f"libvirtd-{kind}.socket or virtproxyd-{kind}.socket"
         return ConnectionRefused(
             f"{head} {host} port {port} refused the connection: no libvirt daemon listens for "
-            f"{kind} connections there.",
+            f"{kind} connections there ({text}).",
             hint=f"Enable the listener on {host} ({unit}) and open the port, or use "
             f"qemu+ssh://user@{host}/system, which needs only sshd.",
         )
     if "timed out during banner exchange" in low:
         return ConnectionFailed(
             f"{head} ssh reached {host} port {port} but no ssh server answered there in time: the sshd hangs, "
-            "or that port belongs to something else.",
+            f"or that port belongs to something else ({said}).",
             hint=f"Check with 'ssh -p {port} {_login(p)}{host} true'; restart sshd on {host}, then rerun the task.",
         )
     resolve = _RESOLVE.search(text)
@@ -266,7 +266,7 @@ def _remote(p: dict, uri: str, code: int, text: str, low: str) -> KvmError | Non
         if cause in low:
             return HostUnreachable(
                 f"{head} connecting to {host} port {port} failed, {plain} (the host is down or unreachable from "
-                "here, or a firewall drops the packets).",
+                f"here, or a firewall drops the packets; {said}).",
                 hint=f"Check that {host} is up and reachable from the machine the task runs on, that {port} is "
                 "the right port and that no firewall drops it; then rerun the task.",
             )
