@@ -21,9 +21,12 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import Do
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.manager import DomainManager
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._host.manager import HostManager
+from ansible_collections.virtops.kvm.plugins.module_utils._inventory.wait import AddressManager
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
+from ansible_collections.virtops.kvm.plugins.module_utils._network.manager import NetworkManager
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.pool_manager import PoolManager
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.volume_manager import VolumeManager
+from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager
 
 URI = "test:///default"
 
@@ -391,3 +394,40 @@ def test_kvm_clone_blames_the_bad_value(clone_conn, tmp_path, clones, start):
 def test_kvm_clone_dirs_hold_no_control_characters(clone_conn, tmp_path):
     message = refused(clonelib.clone_manager, clone_conn, tmp_path, False, name="ut-a", dest_dir="/srv/a\nb")
     assert message.startswith("dest_dir is '/srv/a\\nb': a path")
+
+
+def networks(conn) -> list:
+    return sorted(n.name() for n in conn.listAllNetworks())
+
+
+@pytest.mark.parametrize(
+    ("ip", "dns", "start"),
+    [
+        (dict(address="10.78.0.1", prefix=33), None, "ips[0].prefix is 33: allowed are 0 to 32 bits."),
+        (dict(address="fd00:78::1", prefix=129), None, "ips[0].prefix is 129: allowed are 0 to 128 bits."),
+        (
+            dict(address="10.78.0.1", dhcp_hosts=[dict(mac="52:54:00:aa:00:01", ip="10.78.0.10", name="web_1")]),
+            None,
+            "ips[0].dhcp_hosts[0].name is 'web_1': a host name (RFC 1123)",
+        ),
+        (dict(address="10.78.0.1"), [dict(ip="10.78.0.5", hostnames=["ok", "-x"])], "dns_hosts[0].hostnames[1] is"),
+    ],
+)
+def test_kvm_network_prefixes_and_host_names(conn, ip, dns, start):
+    name = f"ut-{secrets.token_hex(4)}"
+    before = networks(conn)
+    params = dict(name=name, forward_mode="isolated", ips=[ip], dns_hosts=dns)
+    for check in (True, False):
+        message = refused(manage, NetworkManager, conn, check, **params)
+        assert message.startswith(start), message
+    assert networks(conn) == before
+
+
+def test_kvm_snapshot_description_is_refused_before_the_domain_is_read(conn):
+    message = refused(manage, SnapshotManager, conn, domain="ut-none", name="s1", description="bell\x07")
+    assert message.startswith("description is 'bell\\x07': text without control characters")
+
+
+def test_kvm_domain_address_looks_up_existing_odd_names(odd):
+    assert AddressManager(dict(name=[odd], timeout=0), clonelib.Held(None)).names == [odd]
+    assert refused(AddressManager, dict(name=["a/b"]), clonelib.Held(None)).startswith("name is 'a/b': ")
