@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter):
         total_failed += c["failed"]
         slow = f" (slowest input {c['slowest']:.1f} s)" if c["slowest"] >= 5 else ""
         terminalreporter.write_line(f"fuzz: {target} {c['inputs']} inputs, {c['failed']} failed{slow}")
-        if os.environ.get("VIRTOPS_FUZZ_VERBOSE"):
+        if os.environ.get("VIRTOPS_FUZZ_VERBOSE") and c["outcomes"]:
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(c["outcomes"].items(), key=lambda kv: -kv[1]))
             terminalreporter.write_line(f"        {c['seconds']:.1f} s; outcomes: {outcomes}")
     skipped = sum(1 for c in counts.values() if c["status"] != "ran")

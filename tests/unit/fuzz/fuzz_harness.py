@@ -37,7 +37,26 @@ URI = "test:///default"
 # Targets whose fuzzing still finds failures in the product, left out of the default run until fixed
 # (VIRTOPS_FUZZ_KNOWN_BAD=1 runs them too). Empty it as the fixes land: an entry is a failing test
 # waiting, never a pass. target -> what fails (see the fuzz report in the issue).
-KNOWN_BAD: dict[str, str] = {}
+KNOWN_BAD: dict[str, str] = {
+    "kvm_guestfs": "disks items that are not a string or a dict (null, a number, a list), or domain: '' without "
+    "disks, raise TypeError/ValueError in _guestfs/drives.py resolve_drives() (a traceback, not fail_json)",
+    "kvm_clone": "identity given as a non-dict (identity: 5) crashes ansible-core's sub-option validation "
+    "(parameters.py set_fallbacks: TypeError 'argument of type int is not iterable'): a traceback",
+}
+
+# Inputs fuzzing found to break the property, replayed as explicit examples on every run (besides the
+# example database, which keeps Hypothesis' own finds): target -> [module arguments].
+REGRESSIONS: dict[str, list[dict]] = {
+    "kvm_guestfs": [
+        {"domain": ""},  # TypeError: 'NoneType' object is not iterable (_guestfs/drives.py resolve_drives)
+        {"disks": [0.0]},  # TypeError: 'float' object is not iterable (same line)
+        {"disks": [None]},  # TypeError: 'NoneType' object is not iterable (same line)
+        {"disks": [["a", "b"]]},  # ValueError: dictionary update sequence element #0 has length 1; 2 is required
+    ],
+    "kvm_clone": [
+        {"name": "c1", "template": "test", "identity": 5},  # TypeError in ansible-core's sub-spec validation
+    ],
+}
 
 # How many inputs each target gets (VIRTOPS_FUZZ_EXAMPLES overrides: a longer run, docs/development.md).
 DEFAULT_EXAMPLES = 200
@@ -251,6 +270,9 @@ def diff_keys(before: dict, after: dict, where: str = "") -> list[str]:
     return out
 
 
+_PRISTINE: list = []  # test:///default as a fresh process finds it (taken once, before any run)
+
+
 class Driver:
     """One test:///default connection held open around each run; closed and reopened between runs so every
     input starts from the driver's pristine state (the driver forgets everything when no connection is open),
@@ -261,9 +283,13 @@ class Driver:
 
         self.libvirt = libvirt
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+        gc.collect()
         self.conn = libvirt.open(URI)
-        self.pristine = driver_state(self.conn)
+        if not _PRISTINE:
+            _PRISTINE.append(driver_state(self.conn))
+        self.pristine = _PRISTINE[0]
         self.leaks: list[str] = []
+        self.reset()
 
     def reset(self) -> dict:
         self.conn.close()
@@ -283,6 +309,61 @@ class Driver:
 
     def close(self) -> None:
         self.conn.close()
+
+
+# --- a richer world than test:///default's: what an input may find defined before its run
+
+SB = sandbox.SB
+SETUPS = {
+    "domain fuzz-a (sandbox disk)": lambda c: c.defineXML(
+        "<domain type='test'><name>fuzz-a</name><memory unit='KiB'>65536</memory><vcpu>1</vcpu>"
+        "<os><type arch='i686'>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{SB}/images/base.qcow2'/>"
+        "<target dev='vda' bus='virtio'/></disk></devices></domain>"
+    ),
+    "domain fuzz-a running": lambda c: c.lookupByName("fuzz-a").create(),
+    "snapshot snap1 of test": lambda c: c.lookupByName("test").snapshotCreateXML(
+        "<domainsnapshot><name>snap1</name><description>fuzz</description></domainsnapshot>", 0
+    ),
+    "volume vol1 in default-pool": lambda c: c.storagePoolLookupByName("default-pool").createXML(
+        "<volume><name>vol1</name><capacity>1048576</capacity><target><format type='qcow2'/></target></volume>", 0
+    ),
+    "network fuzznet": lambda c: c.networkDefineXML(
+        "<network><name>fuzznet</name><bridge name='virbr9'/><ip address='10.9.0.1' netmask='255.255.255.0'>"
+        "<dhcp><range start='10.9.0.2' end='10.9.0.9'/>"
+        "<host mac='52:54:00:12:34:56' name='web' ip='10.9.0.5'/></dhcp></ip></network>"
+    ),
+    "pool fuzzpool (sandbox dir)": lambda c: c.storagePoolDefineXML(
+        f"<pool type='dir'><name>fuzzpool</name><target><path>{SB}/dir</path></target></pool>"
+    ),
+    "domain test shut off": lambda c: c.lookupByName("test").destroy(),
+    "domain test paused": lambda c: c.lookupByName("test").suspend(),
+}
+
+
+def apply_setups(conn, names: list, sb: str) -> None:
+    """Bring the driver to the chosen starting state (a step that cannot apply, e.g. after another, is skipped)."""
+    import libvirt
+
+    for name in names:
+        fn = SETUPS[name]
+        try:
+            fn(_SandboxConn(conn, sb))
+        except libvirt.libvirtError:
+            pass
+
+
+class _SandboxConn:
+    """The connection with @SB@ in every XML it is given replaced by the sandbox's path."""
+
+    def __init__(self, conn, sb: str):
+        self._conn, self._sb = conn, sb
+
+    def __getattr__(self, name):
+        fn = getattr(self._conn, name)
+        if name.endswith("XML"):
+            return lambda xml, *a: fn(xml.replace(SB, self._sb), *a)
+        return fn
 
 
 # --- one run
@@ -372,17 +453,17 @@ class Runner:
     def close(self) -> None:
         self.driver.close()
 
-    def run(self, args: dict, check_mode: bool, diff: bool) -> None:
-        """One input: fresh sandbox and driver, main(), then the property (raises when broken)."""
+    def run(self, args: dict, check_mode: bool, diff: bool, setups: list = ()) -> None:
+        """One input: fresh sandbox and driver (plus ``setups``), main(), then the property (raises when broken)."""
         started = time.monotonic()
         broken = True
         try:
-            self._run(args, check_mode, diff)
+            self._run(args, check_mode, diff, setups)
             broken = False
         except Exception as exc:
             if not os.environ.get("VIRTOPS_FUZZ_COLLECT"):
                 raise
-            collect(self.name, exc, dict(args=args, check_mode=check_mode, diff=diff))
+            collect(self.name, exc, dict(args=args, check_mode=check_mode, diff=diff, setups=list(setups)))
         finally:
             count(self.name, broken, time.monotonic() - started, self.outcome())
 
@@ -393,14 +474,16 @@ class Runner:
             return "changed" if self.result.get("changed") else "ok"
         return self.result.get("error") or "invalid"
 
-    def _run(self, args: dict, check_mode: bool, diff: bool) -> None:
+    def _run(self, args: dict, check_mode: bool, diff: bool, setups) -> None:
         from ansible.module_utils.testing import patch_module_args
 
         sb = self.sb
         if sandbox.tree(sb, everything=True) != self.pristine_tree:
             sandbox.build(self.base)
         self.clock.reset()
-        before = self.driver.reset()
+        self.driver.reset()
+        apply_setups(self.driver.conn, list(setups), sb)
+        before = self.driver.state()
         files_before = sandbox.tree(sb)
         real = sandbox.substitute(args, sb)
         real.update(

@@ -16,7 +16,21 @@ from fuzz_sandbox import SB
 from hypothesis import strategies as st
 
 # Names that exist in test:///default, so real code paths run and not only "not found".
-EXISTING = ["test", "default", "default-pool", "virbr0", "testnet0", "vda", "diskimage1"]
+# (and in fuzz_harness.SETUPS: fuzz-a, snap1, vol1, fuzznet, fuzzpool, which an input may find defined).
+EXISTING = [
+    "test",
+    "default",
+    "default-pool",
+    "virbr0",
+    "testnet0",
+    "vda",
+    "diskimage1",
+    "fuzz-a",
+    "snap1",
+    "vol1",
+    "fuzznet",
+    "fuzzpool",
+]
 
 HOSTILE_TEXT = [
     "",

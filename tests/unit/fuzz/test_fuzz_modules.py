@@ -11,7 +11,7 @@ from pathlib import Path
 import fuzz_harness as fh
 import fuzz_strategies as fs
 import pytest
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -67,9 +67,17 @@ def test_module_fuzz(name, base, monkeypatch):
 
         @seed(target_seed(name))
         @fuzz_settings(name)
-        @given(args=fs.for_spec(name, kwargs), check_mode=st.booleans(), diff=st.booleans())
-        def fuzz(args, check_mode, diff):
-            runner.run(args, check_mode, diff)
+        @given(
+            args=fs.for_spec(name, kwargs),
+            check_mode=st.booleans(),
+            diff=st.booleans(),
+            setups=st.lists(st.sampled_from(list(fh.SETUPS)), unique=True, max_size=4),
+        )
+        def fuzz(args, check_mode, diff, setups):
+            runner.run(args, check_mode, diff, setups)
+
+        for known in fh.REGRESSIONS.get(name, []):
+            fuzz = example(args=known, check_mode=False, diff=False, setups=[])(fuzz)
 
         fuzz()
     finally:
