@@ -21,7 +21,7 @@ description:
   - Existing clones that match are left alone; a domain or file in the way that does not match is an error
     naming the difference, and is never overwritten.
   - Each NEW clone boots as itself. A template sealed by M(virtops.kvm.kvm_template) already has no identity
-    to inherit, so its clones need no appliance: each gets its host name from its cloud-init seed or its DHCP
+    to inherit, so its clones need no appliance; each gets its host name from its cloud-init seed or its DHCP
     reservation and makes its machine-id and SSH host keys at first boot. From any other template, kvm_clone
     resets the identity each clone copied (hostname, machine-id, SSH host keys, persistent-net rules, DHCP
     leases, logs; see O(identity)) on the clone's own new disk, for the batch in as few libguestfs appliance

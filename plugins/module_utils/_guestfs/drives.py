@@ -80,8 +80,15 @@ def _check_image(path: str, fmt: str | None) -> None:
 
 def resolve_drives(disks: Iterable) -> list[dict]:
     """The ``disks`` option as drives: absolute, existing, format given or detected."""
+    if not disks:
+        raise InvalidInput("disks is empty: give the disk images to open (or domain).")
     drives = []
-    for item in disks:
+    for i, item in enumerate(disks):
+        if not isinstance(item, (str, dict)):
+            raise InvalidInput(
+                f"disks[{i}] is {item!r}: give a path, or a dict with path (and format).",
+                hint="For example disks: [/var/lib/libvirt/images/web1.qcow2].",
+            )
         spec = {"path": item} if isinstance(item, str) else dict(item)
         path = require_absolute(spec.get("path"), "disk path")
         if os.path.exists(path):

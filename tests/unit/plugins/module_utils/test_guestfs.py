@@ -758,3 +758,10 @@ def test_manager_spec_defaults_and_needs(testconn, qcow2):
     with pytest.raises(GuestfsError) as exc:
         m.run()
     assert "max_size 10" in exc.value.details["files"]["/f"]["error"]
+
+
+@pytest.mark.parametrize("disks", [None, [], [None], [3], [["/x.img"]]])
+def test_resolve_drives_refuses_what_is_not_a_disk(disks):
+    """Found by fuzzing: these raised TypeError (a traceback) instead of naming the option."""
+    with pytest.raises(InvalidInput, match=r"^disks"):
+        drives.resolve_drives(disks)
