@@ -15,7 +15,7 @@ What it makes (``debootstrap --variant=minbase bookworm`` from the mirror in
   linux-image-amd64 + initramfs-tools, the ``en_US.UTF-8`` locale generated and set (cloud-init 22.4
   sets that locale and fails its config stage without it);
 * DHCP on the first NIC by systemd-networkd (``[Match] Name=en* eth*``); cloud-init's own network
-  configuration is off (``network: {config: disabled}``), its datasources are ``NoCloud, None`` and
+  configuration is off (``network: {config: disabled}``), its datasources are ``NoCloud, ConfigDrive`` and
   ds-identify's policy is ``notfound=disabled``, so a clone with a ``cidata`` seed runs its user data,
   and one without any seed finds no datasource and cloud-init does nothing at all (not even as
   DataSourceNone, which would make new SSH host keys);
@@ -23,7 +23,8 @@ What it makes (``debootstrap --variant=minbase bookworm`` from the mirror in
   prohibit-password``, no password): ``--authorized-key FILE`` puts that public key into
   /root/.ssh/authorized_keys, without it there is none (give keys by cloud-init user data;
   ``disable_root: false`` keeps cloud-init from turning root's keys into a "log in as debian" message);
-* a small initramfs (``MODULES=list``: virtio_pci, virtio_blk, crc32c, ext4; Debian's ``most`` is
+* a small initramfs (``MODULES=list``: virtio_pci, virtio_blk, crc32c, ext4, and ata_piix, ahci and
+  sr_mod so a seed's CD-ROM exists when cloud-init's generator looks for it; Debian's ``most`` is
   36 MB and costs ~30 s a boot under TCG), the floppy driver blacklisted (no drive to probe), apt's
   daily timers masked (a test guest on an isolated network has no mirror to reach);
 * **used once**: the image is booted once during the build (``qemu-system-x86_64`` under TCG, no NIC,
@@ -97,7 +98,10 @@ PACKAGES = (
     "iproute2",
     "ca-certificates",
 )
-INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4")
+# The root on a virtio disk, and the CD-ROM controllers a cloud-init seed sits on (IDE on 'pc', SATA on
+# 'q35'): cloud-init's generator looks for the 'cidata' volume before udev loads any module, so its
+# device must exist by then.
+INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "ata_piix", "ahci", "sr_mod")
 FIRSTBOOT_MARKER = "VIRTOPS-FIRSTBOOT-DONE"
 FIRSTBOOT_TIMEOUT = 900  # TCG, 2 cores: sshd ~45 s after start; a busy machine is slower
 OUTPUTS = ("disk.qcow2", "vmlinuz", "initrd.img", "template.xml")
@@ -111,8 +115,10 @@ Name=en* eth*
 DHCP=yes
 """
 CLOUD_CFG = """\
-# virtops: only a NoCloud seed (a 'cidata' volume) is a datasource; no seed, no cloud-init.
-datasource_list: [ NoCloud, None ]
+# virtops: only a seed on a local volume is a datasource (NoCloud 'cidata', or a ConfigDrive); no seed, no
+# cloud-init. Two entries and no 'None': with one entry (or one and None) ds-identify does not search, it
+# enables cloud-init whatever is there, and cloud-init then runs as DataSourceNone (new SSH host keys...).
+datasource_list: [ NoCloud, ConfigDrive ]
 # The image's own systemd-networkd file does DHCP on the first NIC; cloud-init leaves networking alone.
 network: {config: disabled}
 # Root logs in by SSH key (the image's design): cloud-init must not turn root's keys into a "log in as" message.
@@ -121,6 +127,7 @@ disable_root: false
 FIRSTBOOT_SCRIPT = f"""\
 #!/bin/sh
 # virtops build: the one boot of the image during its build. Say how it went, then power off.
+# ttyS1: a port of its own (the console's getty hangs up ttyS0 as it starts, and a write then is lost).
 {{
   echo "VIRTOPS-FIRSTBOOT ssh=$(systemctl is-active ssh.service) failed=$(systemctl --failed --no-legend --plain \
 | awk '{{print $1}}' | tr '\\n' ',')"
@@ -129,7 +136,7 @@ FIRSTBOOT_SCRIPT = f"""\
     echo "VIRTOPS-FIRSTBOOT hostkey=$(ssh-keygen -l -f "$k" | cut -d' ' -f2)"
   done
   echo "{FIRSTBOOT_MARKER}"
-}} > /dev/ttyS0
+}} > /dev/ttyS1
 rm -f /etc/systemd/system/multi-user.target.wants/virtops-firstboot.service \\
   /etc/systemd/system/virtops-firstboot.service /usr/local/sbin/virtops-firstboot
 sync
@@ -271,10 +278,10 @@ def configure(prog: dict, root: Path, key_text: str) -> None:
     # quiet: no apt downloads from a guest on an isolated network
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         _link(wants / timer, "/dev/null")
-    # cloud-init: NoCloud only, no network configuration of its own
+    # cloud-init: a local seed only, no network configuration of its own
     _write(
         root / "etc/cloud/cloud.cfg.d/90_dpkg.cfg",
-        "# virtops: see 99-virtops.cfg\ndatasource_list: [ NoCloud, None ]\n",
+        "# virtops: see 99-virtops.cfg\ndatasource_list: [ NoCloud, ConfigDrive ]\n",
     )
     _write(root / "etc/cloud/cloud.cfg.d/99-virtops.cfg", CLOUD_CFG)
     # ds-identify decides at boot whether cloud-init runs at all: with no datasource found, not at all
@@ -336,12 +343,13 @@ def first_boot(prog: dict, work: Path, raw: Path) -> tuple[float, dict]:
     Returns the seconds it took and what the guest said of itself at the end of it: ``machine_id``,
     ``cloud_init`` (its status: ``disabled``, as no datasource is there) and ``hostkeys`` (fingerprints).
     """
-    serial = work / "firstboot.log"
+    serial, report = work / "firstboot.log", work / "firstboot.report"
     argv = [
         prog["qemu-system-x86_64"], "-machine", "pc,accel=tcg", "-m", "1024", "-smp", "2",
         "-kernel", str(work / "vmlinuz"), "-initrd", str(work / "initrd.img"), "-append", CMDLINE,
         "-drive", f"file={raw},format=raw,if=virtio", "-nic", "none",
-        "-device", "virtio-rng-pci", "-serial", f"file:{serial}", "-display", "none", "-monitor", "none",
+        "-device", "virtio-rng-pci", "-serial", f"file:{serial}", "-serial", f"file:{report}",
+        "-display", "none", "-monitor", "none",
         "-no-reboot",
     ]  # fmt: skip
     t0 = time.monotonic()
@@ -349,11 +357,15 @@ def first_boot(prog: dict, work: Path, raw: Path) -> tuple[float, dict]:
         argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=FIRSTBOOT_TIMEOUT, check=False
     )
     seconds = time.monotonic() - t0
-    text = serial.read_text(errors="replace") if serial.exists() else ""
+    text = report.read_text(errors="replace") if report.exists() else ""
     if proc.returncode != 0 or FIRSTBOOT_MARKER not in text:
+        console = serial.read_text(errors="replace") if serial.exists() else ""
+        kept = work.parent / f"{work.name.split('-', 1)[1].rsplit('-', 1)[0]}.firstboot-failed.log"
+        kept.write_text(console)  # the build directory goes; its console log stays for a look
+        lines = [line for line in console.splitlines() if line.strip()]
         raise BuildError(
             f"the first boot did not finish (qemu rc={proc.returncode}, {proc.stderr.strip()[-500:]}); "
-            f"serial console tail:\n{text[-3000:]}"
+            f"its serial console is in {kept}; its end:\n" + "\n".join(lines[-40:])
         )
     m = re.search(r"VIRTOPS-FIRSTBOOT ssh=(\S+) failed=(\S*)", text)
     if not m or m.group(1) != "active":
@@ -479,6 +491,10 @@ def build_into(prog: dict, work: Path, cache: Path, mirror: str, key_text: str, 
     raw.unlink()
     times["qcow2"] = round(time.monotonic() - t, 1)
     (work / "template.xml").write_text(template_xml(cache))
+    report = work / "firstboot.report"
+    with (work / "firstboot.log").open("a") as log_file:
+        log_file.write(report.read_text())
+    report.unlink()
     for name in (*OUTPUTS, "firstboot.log"):
         os.chmod(work / name, 0o644)
     manifest = {

@@ -169,6 +169,7 @@ FLEET_PLAY = """
       register: running
       changed_when: false
       failed_when: false
+      timeout: "{{ boot_timeout }}"
 
     - name: Read the clone's identity
       ansible.builtin.script:
@@ -284,7 +285,7 @@ class Lab:
             ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
             ANSIBLE_HOST_KEY_CHECKING="false",
         )
-        cmd = [str(BIN / "ansible-playbook"), "-i", "lab.libvirt.yml", "-i", "localhost,", book]
+        cmd = [str(BIN / "ansible-playbook"), "-i", "lab.libvirt.yml", book]  # and the implicit localhost
         cmd += ["-e", "@vars.json", *argv]
         t0 = time.monotonic()
         proc = self.nh.run(cmd, cwd=self.tmp, env=env, capture_output=True, text=True, timeout=PLAY_TIMEOUT)
@@ -395,7 +396,7 @@ def test_2_template_boots_to_sshd_and_is_used(lab):
             )
             time.sleep(2)
         lab.times["template boot to sshd"] = time.monotonic() - t0
-        proc = lab.ssh(address, "systemctl is-system-running --wait; " + PROBE)
+        proc = lab.ssh(address, "systemctl is-system-running --wait; " + PROBE, timeout=BOOT_TIMEOUT)
         assert proc.returncode == 0, said(proc)
         facts = parse_probe(proc.stdout)
         lab.facts["template"] = facts
