@@ -38,8 +38,6 @@ URI = "test:///default"
 # (VIRTOPS_FUZZ_KNOWN_BAD=1 runs them too). Empty it as the fixes land: an entry is a failing test
 # waiting, never a pass. target -> what fails (see the fuzz report in the issue).
 KNOWN_BAD: dict[str, str] = {
-    "kvm_guestfs": "disks items that are not a string or a dict (null, a number, a list), or domain: '' without "
-    "disks, raise TypeError/ValueError in _guestfs/drives.py resolve_drives() (a traceback, not fail_json)",
     "kvm_clone": "identity given as a non-dict (identity: 5) crashes ansible-core's sub-option validation "
     "(parameters.py set_fallbacks: TypeError 'argument of type int is not iterable'): a traceback",
 }
@@ -48,10 +46,11 @@ KNOWN_BAD: dict[str, str] = {
 # example database, which keeps Hypothesis' own finds): target -> [module arguments].
 REGRESSIONS: dict[str, list[dict]] = {
     "kvm_guestfs": [
-        {"domain": ""},  # TypeError: 'NoneType' object is not iterable (_guestfs/drives.py resolve_drives)
-        {"disks": [0.0]},  # TypeError: 'float' object is not iterable (same line)
-        {"disks": [None]},  # TypeError: 'NoneType' object is not iterable (same line)
-        {"disks": [["a", "b"]]},  # ValueError: dictionary update sequence element #0 has length 1; 2 is required
+        # were TypeError/ValueError in _guestfs/drives.py resolve_drives() (fixed in 6748198)
+        {"domain": ""},
+        {"disks": [0.0]},
+        {"disks": [None]},
+        {"disks": [["a", "b"]]},
     ],
     "kvm_clone": [
         {"name": "c1", "template": "test", "identity": 5},  # TypeError in ansible-core's sub-spec validation
