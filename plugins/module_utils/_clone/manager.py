@@ -21,7 +21,6 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import Hos
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Planner
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import normalize_clones
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS
 from ansible_collections.virtops.kvm.plugins.module_utils._drift import describe, rerecord
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import decide_force_tcg, kvm_usable
@@ -48,16 +47,9 @@ class CloneManager(Manager):
         network=dict(type="str"),
         dhcp_reservations=dict(type="bool", default=True),
         accept_base_change=dict(type="bool", default=False),
-        identity=dict(
-            type="dict",
-            apply_defaults=True,
-            options=dict(
-                operations=dict(type="list", elements="str", choices=list(OPERATIONS)),
-                files=dict(type="list", elements="dict", default=[]),
-                mounts=dict(type="dict"),
-                force_tcg=dict(type="str", choices=["auto", "yes", "no"], default="auto"),
-            ),
-        ),
+        # checked by identity.check_config, not by sub-options: ansible-core (2.19) crashes with a
+        # traceback in set_fallbacks on a non-dict value for a dict option that has sub-options
+        identity=dict(type="dict"),
         cloud_init=dict(type="dict"),
     )
     MODULE_OPTIONS = dict(

@@ -37,10 +37,7 @@ URI = "test:///default"
 # Targets whose fuzzing still finds failures in the product, left out of the default run until fixed
 # (VIRTOPS_FUZZ_KNOWN_BAD=1 runs them too). Empty it as the fixes land: an entry is a failing test
 # waiting, never a pass. target -> what fails (see the fuzz report in the issue).
-KNOWN_BAD: dict[str, str] = {
-    "kvm_clone": "identity given as a non-dict (identity: 5) crashes ansible-core's sub-option validation "
-    "(parameters.py set_fallbacks: TypeError 'argument of type int is not iterable'): a traceback",
-}
+KNOWN_BAD: dict[str, str] = {}
 
 # Inputs fuzzing found to break the property, replayed as explicit examples on every run (besides the
 # example database, which keeps Hypothesis' own finds): target -> [module arguments].
