@@ -69,7 +69,9 @@ echo "uptime=$(cut -d' ' -f1 /proc/uptime)"
 # only to explain a failure: where the name came from, and what cloud-init complained of
 echo "static_hostname=$(hostnamectl --static 2>&1)"
 echo "lease_hostname=$(sed -n 's/^HOSTNAME=//p' /run/systemd/netif/leases/* 2>/dev/null)"
-echo "ci_errors=$(grep -E 'WARNING|ERROR|Traceback' /var/log/cloud-init.log 2>/dev/null | tail -6 | tr '\n|' '  ')"
+echo "ci_errors=$(grep -E 'WARNING|ERROR|[A-Za-z]+(Error|Exception):' /var/log/cloud-init.log 2>/dev/null \
+  | tail -10 | tr '\n|' '; ')"
+echo "boot_cycles=$(journalctl -b --no-pager | grep -o 'Job [^ ]* deleted to break ordering cycle' | tr '\n|' '; ')"
 echo "ci_userdata=$(cloud-init query userdata 2>&1 | head -c 400 | tr '\n|' '  ')"
 """
 
