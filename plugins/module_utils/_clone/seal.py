@@ -28,8 +28,33 @@ PREFIX = "virtopsseal"
 OPERATIONS = sysprep.OPERATIONS
 
 
+# A clone without a seed takes its name from its DHCP lease. systemd-networkd asks hostnamed to set
+# it, which a minimal Debian (no polkit) refuses ("Could not set hostname: Access denied"), so the
+# clone stayed "localhost": this unit, as root, writes the lease's name once, after cloud-init
+# (which writes /etc/hostname itself when it has a seed) and only while there is no /etc/hostname.
+# ($$ is a literal $ for the shell: systemd expands $NAME in ExecStart itself.)
+HOSTNAME_UNIT = "virtops-hostname.service"
+HOSTNAME_UNIT_TEXT = """[Unit]
+Description=Name this clone after its DHCP lease when nothing else did (virtops.kvm)
+ConditionPathExists=!/etc/hostname
+Wants=network-online.target
+After=network-online.target cloud-init.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'for f in /run/systemd/netif/leases/*; do n=$$(sed -n "s/^HOSTNAME=//p" "$$f"); \
+if [ -n "$$n" ]; then echo "$$n" > /etc/hostname; hostname "$$n"; exit 0; fi; done; exit 0'
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def unset_hostname(g) -> tuple[bool, str]:
-    """Remove /etc/hostname and the template's name from /etc/hosts' 127.0.1.1 line (the clone gets its own)."""
+    """Remove /etc/hostname and the template's name from /etc/hosts' 127.0.1.1 line (the clone gets its own).
+
+    Where the guest runs systemd, HOSTNAME_UNIT names a clone without a seed after its DHCP lease.
+    """
     if not g.is_dir("/etc"):
         return False, "no /etc (not a Linux guest)"
     old = g.cat("/etc/hostname").strip() if sysprep.is_file(g, "/etc/hostname") else ""
@@ -40,9 +65,13 @@ def unset_hostname(g) -> tuple[bool, str]:
         if new != text:
             g.write("/etc/hosts", new)
             touched.append("/etc/hosts")
+    unit = ""
+    if g.is_dir("/etc/systemd/system"):
+        sysprep.enable_unit(g, HOSTNAME_UNIT, HOSTNAME_UNIT_TEXT)
+        unit = f", {HOSTNAME_UNIT} enabled (the DHCP lease's name when there is no seed)"
     if not touched:
-        return True, "no /etc/hostname (the name comes from cloud-init or DHCP)"
-    return True, f"{old or '(empty)'} removed from {', '.join(touched)}"
+        return True, "no /etc/hostname (the name comes from cloud-init or DHCP)" + unit
+    return True, f"{old or '(empty)'} removed from {', '.join(touched)}" + unit
 
 
 def hosts_without(text: str, old: str) -> str:

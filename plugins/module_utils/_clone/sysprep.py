@@ -129,13 +129,15 @@ def machine_id(g) -> tuple[bool, str]:
 
 # Installed where nothing else makes new SSH host keys at first boot (Debian and Ubuntu without
 # cloud-init, or with cloud-init but no datasource): ssh.service fails without keys. EL and Fedora
-# have sshd-keygen@.service; cloud-init, when it runs, replaces the keys after this unit.
+# have sshd-keygen@.service. With its default dependencies the unit runs after sysinit.target,
+# so after cloud-init.service (ordered before sysinit.target), which makes keys when it has a
+# seed: then the condition skips it. No ordering against cloud-init here: Before=cloud-init.service
+# made a cycle that systemd broke by dropping cloud-init (found on a real Debian 12 guest).
 KEYGEN_UNIT = "virtops-ssh-hostkeys.service"
 KEYGEN_UNIT_TEXT = """[Unit]
 Description=Make SSH host keys this clone does not have yet (virtops.kvm)
 ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
-After=local-fs.target cloud-init-local.service
-Before=ssh.service sshd.service cloud-init.service
+Before=ssh.service sshd.service
 
 [Service]
 Type=oneshot
@@ -151,21 +153,26 @@ _OWN_KEYGEN = (
 )
 
 
+def enable_unit(g, name: str, text: str) -> None:
+    """Write systemd unit ``name`` into /etc/systemd/system and enable it for multi-user.target."""
+    unit = f"/etc/systemd/system/{name}"
+    g.write(unit, text.encode())
+    g.chmod(0o644, unit)
+    wants = "/etc/systemd/system/multi-user.target.wants"
+    if not g.is_dir(wants):
+        g.mkdir_p(wants)
+    link = f"{wants}/{name}"
+    if not g.is_symlink(link):
+        g.ln_sf(unit, link)
+
+
 def keygen_at_first_boot(g) -> str | None:
     """Install and enable KEYGEN_UNIT where the guest needs it; what was done, or None."""
     if not g.is_dir("/etc/systemd/system") or not is_file(g, "/usr/bin/ssh-keygen"):
         return None
     if any(g.exists(p) for p in _OWN_KEYGEN):
         return None
-    unit = f"/etc/systemd/system/{KEYGEN_UNIT}"
-    g.write(unit, KEYGEN_UNIT_TEXT.encode())
-    g.chmod(0o644, unit)
-    wants = "/etc/systemd/system/multi-user.target.wants"
-    if not g.is_dir(wants):
-        g.mkdir_p(wants)
-    link = f"{wants}/{KEYGEN_UNIT}"
-    if not g.is_symlink(link):
-        g.ln_sf(unit, link)
+    enable_unit(g, KEYGEN_UNIT, KEYGEN_UNIT_TEXT)
     return f"first-boot key generation {KEYGEN_UNIT} enabled"
 
 

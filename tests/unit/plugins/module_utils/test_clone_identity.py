@@ -441,6 +441,7 @@ def test_a_guest_without_its_own_key_generation_gets_a_first_boot_unit(extra, in
         assert detail == f"4 host key file(s) removed, first-boot key generation {sysprep.KEYGEN_UNIT} enabled"
         text = fs.text(unit)
         assert "ExecStart=/usr/bin/ssh-keygen -A" in text and "Before=ssh.service sshd.service" in text
+        assert "cloud-init" not in text  # Before=cloud-init.service made an ordering cycle on Debian 12
         assert "ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key" in text
         assert fs.links[link] == unit
     else:

@@ -66,6 +66,11 @@ def test_seal_four_ways(conn, tpl):
     assert fs.text("/etc/machine-id") == ""
     assert not [p for p in fs.files if p.startswith("/etc/ssh/ssh_host_")]
     assert f"/etc/systemd/system/{sysprep.KEYGEN_UNIT}" in fs.files
+    # a clone without a seed is named after its DHCP lease, by a unit that needs no polkit
+    hostname_unit = f"/etc/systemd/system/{seal.HOSTNAME_UNIT}"
+    assert "ConditionPathExists=!/etc/hostname" in fs.text(hostname_unit)
+    assert 'n=$$(sed -n "s/^HOSTNAME=//p" "$$f")' in fs.text(hostname_unit)  # systemd expands a lone $
+    assert fs.links[f"/etc/systemd/system/multi-user.target.wants/{seal.HOSTNAME_UNIT}"] == hostname_unit
     assert fs.text("/var/log/syslog") == ""
     # recorded in the template's metadata, the disk made read-only
     record = seal.record_of(dx.parse(conn.lookupByName(TPL).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
