@@ -212,20 +212,32 @@ def provenance(root) -> dict | None:
     )
 
 
+def read_operations(el, ns: str = NS) -> dict:
+    """``{done: [names], skipped: [{operation, reason}]}`` from ``<operation>`` children (namespace ``ns``)."""
+    ops = el.findall(f"{{{ns}}}operation")
+    return dict(
+        done=[o.get("name") for o in ops if o.get("result") == "done"],
+        skipped=[dict(operation=o.get("name"), reason=o.get("reason")) for o in ops if o.get("result") == "skipped"],
+    )
+
+
+def write_operations(el, report: dict, ns: str = NS) -> None:
+    """``report``'s ``done`` and ``skipped`` as ``<operation>`` children of ``el`` (read back by read_operations)."""
+    etree = _deps.etree
+    for op in report["done"]:
+        etree.SubElement(el, f"{{{ns}}}operation", attrib={"name": op, "result": "done"})
+    for s in report["skipped"]:
+        attrib = {"name": s["operation"], "result": "skipped", "reason": s["reason"]}
+        etree.SubElement(el, f"{{{ns}}}operation", attrib=attrib)
+
+
 def _identity(clone_el) -> dict | None:
     """The identity reset kvm_clone did before the clone's first boot (see set_identity), or None."""
     el = clone_el.find(f"{{{NS}}}identity")
     if el is None:
         return None
     return dict(
-        hostname=el.get("hostname"),
-        done=[o.get("name") for o in el.findall(f"{{{NS}}}operation") if o.get("result") == "done"],
-        skipped=[
-            dict(operation=o.get("name"), reason=o.get("reason"))
-            for o in el.findall(f"{{{NS}}}operation")
-            if o.get("result") == "skipped"
-        ],
-        files=[f.get("path") for f in el.findall(f"{{{NS}}}file")],
+        hostname=el.get("hostname"), **read_operations(el), files=[f.get("path") for f in el.findall(f"{{{NS}}}file")]
     )
 
 
@@ -236,12 +248,7 @@ def set_identity(root, report: dict) -> None:
     for old in clone.findall(f"{{{NS}}}identity"):
         clone.remove(old)
     el = etree.SubElement(clone, f"{{{NS}}}identity", attrib={"hostname": report["hostname"]})
-    for op in report["done"]:
-        etree.SubElement(el, f"{{{NS}}}operation", attrib={"name": op, "result": "done"})
-    for s in report["skipped"]:
-        etree.SubElement(
-            el, f"{{{NS}}}operation", attrib={"name": s["operation"], "result": "skipped", "reason": s["reason"]}
-        )
+    write_operations(el, report)
     for path in report["files"]:
         etree.SubElement(el, f"{{{NS}}}file", attrib={"path": path})
 

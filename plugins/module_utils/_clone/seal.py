@@ -20,6 +20,7 @@ the fingerprint recorded: booting it, or any other write, unseals it.
 from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _drift
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import sysprep
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 
@@ -112,12 +113,7 @@ def record_of(root) -> dict | None:
         return None
     return dict(
         at=el.get("at"),
-        done=[o.get("name") for o in el.findall(f"{{{NS}}}operation") if o.get("result") == "done"],
-        skipped=[
-            dict(operation=o.get("name"), reason=o.get("reason"))
-            for o in el.findall(f"{{{NS}}}operation")
-            if o.get("result") == "skipped"
-        ],
+        **dx.read_operations(el, NS),
         disks=[
             dict(path=d.get("path"), size=_int(d.get("size")), mtime=_int(d.get("mtime")), digest=d.get("digest"))
             for d in el.findall(f"{{{NS}}}disk")
@@ -156,11 +152,7 @@ def element(record: dict):
     """``<seal>`` in the seal namespace, as virDomainSetMetadata stores it."""
     etree = _deps.etree
     el = etree.Element(f"{{{NS}}}seal", nsmap={PREFIX: NS}, attrib={"at": record["at"], "by": "virtops.kvm"})
-    for op in record["done"]:
-        etree.SubElement(el, f"{{{NS}}}operation", attrib={"name": op, "result": "done"})
-    for s in record["skipped"]:
-        attrib = {"name": s["operation"], "result": "skipped", "reason": s["reason"]}
-        etree.SubElement(el, f"{{{NS}}}operation", attrib=attrib)
+    dx.write_operations(el, record, NS)
     for d in record["disks"]:
         attrib = {"path": d["path"], "size": str(d["size"]), "mtime": str(d["mtime"]), "digest": d["digest"]}
         etree.SubElement(el, f"{{{NS}}}disk", attrib=attrib)
