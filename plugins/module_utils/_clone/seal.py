@@ -31,7 +31,8 @@ OPERATIONS = sysprep.OPERATIONS
 
 # A clone without a seed takes its name from its DHCP lease. systemd-networkd asks hostnamed to set
 # it, which a minimal Debian (no polkit) refuses ("Could not set hostname: Access denied"), so the
-# clone stayed "localhost": this unit, as root, writes the lease's name once, after cloud-init
+# clone stayed "localhost": this unit, as root, writes the lease's name once (waiting up to 2 minutes
+# for a lease: network-online.target is reached early where nothing waits for networkd), after cloud-init
 # (which writes /etc/hostname itself when it has a seed) and only while there is no /etc/hostname.
 # ($$ is a literal $ for the shell: systemd expands $NAME in ExecStart itself.)
 HOSTNAME_UNIT = "virtops-hostname.service"
@@ -43,8 +44,9 @@ After=network-online.target cloud-init.service
 
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'for f in /run/systemd/netif/leases/*; do n=$$(sed -n "s/^HOSTNAME=//p" "$$f"); \
-if [ -n "$$n" ]; then echo "$$n" > /etc/hostname; hostname "$$n"; exit 0; fi; done; exit 0'
+ExecStart=/bin/sh -c 'i=0; while [ $$i -lt 120 ]; do for f in /run/systemd/netif/leases/*; do \
+n=$$(sed -n "s/^HOSTNAME=//p" "$$f" 2>/dev/null); if [ -n "$$n" ]; then echo "$$n" > /etc/hostname; \
+hostname "$$n"; exit 0; fi; done; sleep 1; i=$$((i+1)); done; exit 0'
 
 [Install]
 WantedBy=multi-user.target
