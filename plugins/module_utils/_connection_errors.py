@@ -88,7 +88,7 @@ _SOCKET = re.compile(r"failed to connect socket to '([^']*)': ([^:\r\n]+)", re.I
 def parts(uri: str) -> dict:
     """The URI's ``scheme driver transport user host port path``; empty values where it has none."""
     scheme = uri.partition("://")[0] if "://" in uri else ""
-    driver, _, transport = scheme.partition("+")
+    driver, _plus, transport = scheme.partition("+")
     try:
         split = urlsplit(uri)
         user, host, port, path = split.username, split.hostname, split.port, split.path

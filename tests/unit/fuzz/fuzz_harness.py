@@ -425,7 +425,7 @@ class Runner:
         if hasattr(basic.AnsibleModule, "_record_module_result"):
             mp.setattr(basic.AnsibleModule, "_record_module_result", record)
         else:  # older ansible-core: catch what exit_json/fail_json print
-            mp.setattr(basic.AnsibleModule, "_return_formatted", lambda self, kw: record(self, kw))
+            mp.setattr(basic.AnsibleModule, "_return_formatted", record)
 
         from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 

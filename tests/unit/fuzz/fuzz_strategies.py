@@ -177,7 +177,7 @@ HUGE_INTS = [10**20, -(10**20), 2**31, 2**63, -(2**63), 2**64, 10**309]
 
 def weighted(*choices: tuple) -> st.SearchStrategy:
     """``(weight, strategy)`` pairs: one_of() would not do (it drops repeated strategies, so all weigh the same)."""
-    table = [strategy for weight, strategy in choices for _ in range(weight)]
+    table = [strategy for weight, strategy in choices for _copy in range(weight)]
     return st.integers(min_value=0, max_value=len(table) - 1).flatmap(lambda i: table[i])
 
 

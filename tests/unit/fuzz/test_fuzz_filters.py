@@ -152,7 +152,7 @@ def generic(fn) -> st.SearchStrategy:
     """Any JSON values for every parameter of a filter this file has no shape for."""
     params = list(inspect.signature(fn).parameters.values())
     required = [p for p in params if p.default is inspect.Parameter.empty]
-    return st.tuples(*[ANY for _ in required]).map(lambda a: (a, {}))
+    return st.tuples(*[ANY for _param in required]).map(lambda a: (a, {}))
 
 
 @pytest.mark.parametrize("name", sorted(filters()))

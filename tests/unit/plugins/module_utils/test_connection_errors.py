@@ -328,7 +328,7 @@ CASES = [
 @pytest.mark.parametrize("uri, code, domain, text, kind, says", CASES)
 def test_each_failure_has_its_own_type_and_message(uri, code, domain, text, kind, says):
     err = c.translate(lv_error(text, code, domain), uri)
-    assert type(err) is kind, (type(err).__name__, err.message)
+    assert err.__class__ is kind, (type(err).__name__, err.message)
     assert isinstance(err, ConnectionFailed)  # every old `except ConnectionFailed` still catches it
     assert f"'{uri}'" in err.message
     for part in says:
@@ -349,7 +349,7 @@ def test_ssh_login_failure_is_still_a_permission_denied():
 def test_a_local_daemon_that_dies_during_the_open_is_still_said_so():
     uri = "qemu+unix:///system?socket=/nowhere/libvirt-sock"
     err = c.translate(lv_error("Cannot recv data: Connection reset by peer"), uri)
-    assert type(err) is ConnectionFailed and "closed the connection while it was being opened" in err.message
+    assert err.__class__ is ConnectionFailed and "closed the connection while it was being opened" in err.message
 
 
 # --------------------------------------------------------------------------- a remote URI without a host
@@ -506,6 +506,6 @@ def test_a_remote_open_that_does_not_come_back_names_the_host_and_port(monkeypat
         release.set()
     assert time.monotonic() - t0 < 2
     msg = info.value.message
-    assert type(info.value) is ConnectionFailed
+    assert info.value.__class__ is ConnectionFailed
     assert f"Connecting to libvirt at '{uri}' did not finish within 0.3 s: kvm1 port 2222 accepts" in msg
     assert "'ssh -p 2222 root@kvm1 true'" in msg and c.OPEN_TIMEOUT_ENV in msg
