@@ -245,11 +245,11 @@ def test_bad_inputs_change_nothing(conn, guest, tpl, prefix, scratch):
     base = dict(template=tpl["name"], domain_type="qemu")
     cases = [
         (dict(base, name=f"{prefix}-taken"), "already exists"),
-        (dict(base, name="../x"), "not safe"),
-        (dict(base, name="/"), "not safe"),
-        (dict(base, name="a b"), "not safe"),
-        (dict(base, name="x" * 65), "not safe"),
-        (dict(base, name=""), "is empty"),
+        (dict(base, name="../x"), "a name is 1 to 64 characters"),
+        (dict(base, name="/"), "a name is 1 to 64 characters"),
+        (dict(base, name="a b"), "a name is 1 to 64 characters"),
+        (dict(base, name="x" * 65), "a name is 1 to 64 characters"),
+        (dict(base, name=""), "name is '': a name is 1 to 64 characters"),
         (dict(base, clones=[f"{prefix}-d", f"{prefix}-d"]), "more than once"),
         (dict(base, clones=[{"name": f"{prefix}-m", "macs": [used_mac]}]), f"already used by domain '{other}'"),
         (dict(base, clones=[{"name": f"{prefix}-u", "uuid": used_uuid}]), f"already used by domain '{other}'"),

@@ -198,7 +198,7 @@ def test_bad_input_changes_nothing(world, conn, guest):
     r = run_module("kvm_snapshot", dict(domain=f"{prefix}-nope", name="x"))
     assert r["failed"] and "is not defined" in r["msg"]
     r = run_module("kvm_snapshot", dict(domain=tpl, name="../x"))
-    assert r["failed"] and "not safe" in r["msg"]
+    assert r["failed"] and "a name is 1 to 64 characters" in r["msg"]
     r = run_module("kvm_snapshot", dict(domain=tpl, name="missing", state="current"))
     assert r["failed"] and "no snapshot named 'missing'" in r["msg"]
     # a memory snapshot of a running domain with a shared disk

@@ -172,9 +172,9 @@ def test_upload_download_round_trip(pool, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (dict(name="v.qcow2", size="lots"), "is not a size"),
+        (dict(name="v.qcow2", size="lots"), "size is 'lots': a size is a whole number"),
         (dict(name="v.qcow2"), "size is needed"),
-        (dict(name="../v", size="1M"), "not safe"),
+        (dict(name="../v", size="1M"), "name is '../v': a name is 1 to 64 characters"),
         (dict(name="v.qcow2", size="1M", upload="/etc/hostname"), "mutually exclusive"),
         (dict(name="v.qcow2", backing_volume="missing.qcow2"), "not a volume libvirt knows"),
         (dict(name="v.qcow2", download="/tmp/v.img"), "nothing to download"),
