@@ -154,7 +154,7 @@ def test_removal_refused_while_a_domain_has_a_disk_inside(conn, pools, scratch):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (dict(path="relative/dir"), "must be an absolute path"),
+        (dict(path="relative/dir"), "path is 'relative/dir': an absolute path"),
         (dict(type="netfs", path="/mnt/x"), "needs source_host and source_path"),
         (dict(path="/x", source_devices=["/dev/sdz"]), "does not apply to a dir pool"),
         (dict(state="active"), "the options do not describe it"),
