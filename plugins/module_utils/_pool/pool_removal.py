@@ -99,7 +99,7 @@ def _delete(mgr, pool, info: dict, planned: list[dict]) -> list[str]:
     handles.call(f"Stopping storage pool {name}", pool.destroy)
     if info["type"] != "dir" or os.path.isdir(info["path"] or ""):
         handles.call(f"Deleting the storage of pool {name}", pool.delete, 0)
-    return deleted
+    return sorted(deleted)  # in path order, as check mode plans them (libvirt lists volumes in any order)
 
 
 def remove(mgr, pool, current) -> list[str]:
@@ -133,4 +133,4 @@ def remove(mgr, pool, current) -> list[str]:
         handles.call(f"Stopping storage pool {mgr.name}", pool.destroy)
     if persistent:
         handles.call(f"Undefining storage pool {mgr.name}", pool.undefine)
-    return deleted
+    return sorted(deleted)  # in path order, as check mode plans them (libvirt lists volumes in any order)
