@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
@@ -160,7 +160,7 @@ class HostScan:
         real = os.path.realpath(path)
         if real not in self._chains:
             try:
-                chain = [os.path.realpath(c["path"]) for c in _storage.backing_chain(path)]
+                chain = [os.path.realpath(c["path"]) for c in _disk_files.backing_chain(path)]
             except StorageError:
                 chain = [real]
             self._chains[real] = chain
@@ -179,7 +179,7 @@ class HostScan:
                 if not os.path.isfile(candidate):
                     continue
                 try:
-                    hdr = _storage.qcow2_header(candidate)
+                    hdr = _disk_files.qcow2_header(candidate)
                 except StorageError:
                     continue
                 if hdr and hdr["backing_file"]:

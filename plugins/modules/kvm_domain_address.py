@@ -135,7 +135,7 @@ missing:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils._inventory.wait import AddressManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._inventory.address_manager import AddressManager  # noqa: E402
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module  # noqa: E402
 
 

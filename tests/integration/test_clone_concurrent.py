@@ -24,7 +24,7 @@ import yaml
 from harness import playbook_env
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 
 BIN = Path(sys.executable).parent
 RECAP = re.compile(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")

@@ -35,7 +35,7 @@ import pytest
 from harness import run_module
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, manager, plan, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import JOURNAL_DIR
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError

@@ -20,7 +20,7 @@ import pytest
 from harness import assert_four_ways, four_ways, run_module
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
 
 

@@ -16,7 +16,7 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import seed, space
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import connection_lost
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed

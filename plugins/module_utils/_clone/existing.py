@@ -16,7 +16,7 @@ import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import SEED_SUFFIX
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import clone_disk_path
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, KvmError, StorageError

@@ -30,7 +30,7 @@ import json
 import os
 import time
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 

@@ -35,7 +35,7 @@ import json
 import os
 from collections.abc import Callable
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, StorageError
 
 KiB = 1 << 10

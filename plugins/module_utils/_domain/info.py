@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.restart import restart_differences
@@ -47,7 +47,7 @@ def _chain(path: str | None) -> list[dict] | None:
     if not path or not os.path.exists(path):
         return None
     try:
-        return [dict(path=c["path"], format=c["format"]) for c in _storage.backing_chain(path)[1:]]
+        return [dict(path=c["path"], format=c["format"]) for c in _disk_files.backing_chain(path)[1:]]
     except StorageError:
         return None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.context import DomainContext
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.disks import storage_plan
@@ -50,6 +50,6 @@ def absent(ctx: DomainContext, dom, transitions: Transitions, mode: str, scan: C
         undefine(ctx, dom, nvram=mode in ("overlays", "all"))
     removed = []
     for path in plan:
-        _storage.unlink(path)
+        _disk_files.unlink(path)
         removed.append(path)
     return removed

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
@@ -55,7 +55,7 @@ def require_absolute(path: str, what: str) -> str:
 
 def _check_format(path: str, fmt: str | None, where: str) -> str:
     if fmt is None:
-        return _storage.detect_format(path)
+        return _disk_files.detect_format(path)
     if fmt not in KNOWN_FORMATS:
         raise InvalidInput(
             f"Unknown disk image format {fmt!r} for {path} ({where}).",
@@ -75,7 +75,7 @@ def _check_image(path: str, fmt: str | None) -> None:
     if os.path.isdir(path):
         raise InvalidInput(f"Disk image {path} is a directory.", hint="Give the image file itself.")
     if fmt == "qcow2":
-        _storage.backing_chain(path)  # raises StorageError naming the missing backing file
+        _disk_files.backing_chain(path)  # raises StorageError naming the missing backing file
 
 
 def resolve_drives(disks: Iterable) -> list[dict]:

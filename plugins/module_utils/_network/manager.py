@@ -20,7 +20,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
-from ansible_collections.virtops.kvm.plugins.module_utils._network import checks, compare, info
+from ansible_collections.virtops.kvm.plugins.module_utils._network import checks, compare, report
 from ansible_collections.virtops.kvm.plugins.module_utils._network.definition import wanted_root
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScansHost
 
@@ -82,7 +82,7 @@ class NetworkManager(ScansHost, Manager):
             raise libvirt_failed(exc, f"Network {self.p['name']!r}: {label}") from exc
 
     def users(self) -> list[dict]:
-        return info.users(self.scan(), self.p["name"])
+        return report.users(self.scan(), self.p["name"])
 
     def _refuse_cutting(self, what: str) -> None:
         """Stopping, restarting or removing a network cuts the running domains on it: only with force."""
@@ -121,7 +121,7 @@ class NetworkManager(ScansHost, Manager):
         header = f"network {name} (state and definition)"
         network = None
         if final is not None:
-            network = info.network_info(final, _dhcp.config_root(final), self.users(), pending)
+            network = report.network_info(final, _dhcp.config_root(final), self.users(), pending)
         changed = bool(self.changes)
         return dict(
             changed=changed,

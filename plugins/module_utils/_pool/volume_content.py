@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import handles, transfer
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_xml as vx
@@ -70,7 +70,7 @@ class Content:
         if self.checksum and digest != self.checksum:
             raise InvalidInput(f"{path} has sha256 {digest}, not the expected checksum {self.checksum}.")
         self.sha256 = digest
-        header = _storage.qcow2_header(path)
+        header = _disk_files.qcow2_header(path)
         fmt = "qcow2" if header else "raw"
         if p["format"] and p["format"] != fmt:
             raise InvalidInput(f"{path} is a {fmt} image, not {p['format']}: the format is what the file holds.")

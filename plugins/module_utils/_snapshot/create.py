@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
@@ -167,7 +167,7 @@ def create(ctx: SnapshotContext, name: str, p: dict) -> None:
     except LibvirtFailed:
         for d in p["disks"]:
             if os.path.exists(d["file"]) and not _in_use(ctx, d["file"]):
-                _storage.unlink(d["file"])
+                _disk_files.unlink(d["file"])
         raise
     finally:
         if paused:

@@ -24,7 +24,7 @@ snapshot (metadata only: the files were dealt with here).
 from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import layers
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import xml as sx
@@ -145,7 +145,7 @@ def _sync_config(ctx: SnapshotContext, target: str) -> None:
     root = dx.parse(ctx.inactive_xml())
     config = {d["target"]: d for d in dx.disks(root)}.get(target)
     if live and config and live["path"] != config["path"]:
-        sx.set_disk_source(root, target, live["path"], live["format"] or _storage.detect_format(live["path"]))
+        sx.set_disk_source(root, target, live["path"], live["format"] or _disk_files.detect_format(live["path"]))
         ctx.define(root)
 
 
@@ -177,7 +177,7 @@ def delete(ctx: SnapshotContext, snap: dict, snapshots: dict, p: dict, jobs: Blo
                 s = snapshots[other]
                 new = dict(path=m["base"], format=m["base_format"])
                 ctx.redefine(s, sx.redefine_xml(s["xml"], bases={t: new for t in s["bases"] if _same(s, t, m)}))
-            _storage.unlink(m["layer"])
+            _disk_files.unlink(m["layer"])
         elif p["live"]:
             jobs.pull(m["target"], m["below"])
         else:

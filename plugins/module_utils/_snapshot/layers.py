@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 
@@ -44,7 +44,7 @@ def revert_path(base_path: str, domain: str, target: str, snapshot: str, taken: 
 
 def chain(path: str) -> list[dict]:
     """The disk's file and every file below it: ``[{path, format, real}]`` (top first)."""
-    return [dict(path=c["path"], format=c["format"], real=real(c["path"])) for c in _storage.backing_chain(path)]
+    return [dict(path=c["path"], format=c["format"], real=real(c["path"])) for c in _disk_files.backing_chain(path)]
 
 
 def position(files: list[dict], path: str) -> int | None:

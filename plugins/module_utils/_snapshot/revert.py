@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _storage
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import PAUSED, RUNNING
@@ -114,7 +114,7 @@ def plan(ctx: SnapshotContext, snap: dict, snapshots: dict, drop: bool) -> dict:
             dict(
                 target=target,
                 base=base["path"],
-                base_format=base["format"] or _storage.detect_format(base["path"]),
+                base_format=base["format"] or _disk_files.detect_format(base["path"]),
                 file=new,
                 drop=droppable if drop else [],
                 keep=[] if drop else droppable,
@@ -146,15 +146,15 @@ def revert(ctx: SnapshotContext, snap: dict, p: dict) -> list[str]:
     made = []
     try:
         for d in p["disks"]:
-            _storage.create_overlay(ctx.runner, d["base"], d["file"], d["base_format"])
+            _disk_files.create_overlay(ctx.runner, d["base"], d["file"], d["base_format"])
             made.append(d["file"])
             sx.set_disk_source(root, d["target"], d["file"], "qcow2")
         ctx.define(root)
     except KvmError:
         for f in made:  # the domain still has its old disks: the new overlays are nobody's
-            _storage.unlink(f)
+            _disk_files.unlink(f)
         raise
     ctx.make_current(snap)
     for f in dropped:
-        _storage.unlink(f)
+        _disk_files.unlink(f)
     return dropped

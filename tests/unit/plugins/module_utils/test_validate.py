@@ -21,7 +21,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import Do
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.manager import DomainManager
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._host.manager import HostManager
-from ansible_collections.virtops.kvm.plugins.module_utils._inventory.wait import AddressManager
+from ansible_collections.virtops.kvm.plugins.module_utils._inventory.address_manager import AddressManager
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._network.manager import NetworkManager
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.pool_manager import PoolManager

@@ -15,7 +15,7 @@ import libvirt
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-from ansible_collections.virtops.kvm.plugins.module_utils import _storage as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import plan as clone_plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager

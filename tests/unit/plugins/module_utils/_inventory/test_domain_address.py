@@ -11,7 +11,7 @@ import clonelib
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, KvmError
-from ansible_collections.virtops.kvm.plugins.module_utils._inventory.wait import AddressManager
+from ansible_collections.virtops.kvm.plugins.module_utils._inventory.address_manager import AddressManager
 
 
 class Clock:
