@@ -221,6 +221,17 @@ def libvirt_failed(exc, what: str) -> KvmError:
     return connection_lost(exc, what) or LibvirtFailed(f"{what} failed: {exc.get_error_message() or exc}")
 
 
+def call(what: str, fn, *args):
+    """``fn(*args)``; a libvirtError becomes the typed error of ``libvirt_failed`` saying what was being done.
+
+    The collection's one wrapper of a libvirt call (Manager/DomainJournal ``call``, the pool handles, kvm_host_info).
+    """
+    try:
+        return fn(*args)
+    except _deps.libvirt.libvirtError as exc:
+        raise libvirt_failed(exc, what) from exc
+
+
 class Connection:
     """A lazily opened libvirt connection; use as a context manager."""
 

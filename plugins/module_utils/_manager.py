@@ -30,6 +30,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
     CONNECTION_ARGS,
     GENERIC_CALL,
     Connection,
+    call,
     libvirt_failed,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed
@@ -161,10 +162,7 @@ class DomainJournal:
 
     def call(self, what: str, fn, *args):
         """Run a libvirt call, translating its error into LibvirtFailed naming the action and the domain."""
-        try:
-            return fn(*args)
-        except _deps.libvirt.libvirtError as exc:
-            raise libvirt_failed(exc, f"{what} of domain {self.name}") from exc
+        return call(f"{what} of domain {self.name}", fn, *args)
 
 
 def _stray_types() -> tuple:

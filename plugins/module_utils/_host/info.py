@@ -29,21 +29,13 @@ import json
 import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import call, libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 
 # Written by the kvm_drain role on a hypervisor in maintenance: placement keeps new clones off it.
 DRAIN_MARKER = "/var/lib/virtops-kvm/drained.json"
 _KIB_PER_MIB = 1024
 _BYTES_PER_MIB = 1024 * 1024
-
-
-def _call(what: str, fn, *args):
-    """A libvirt call whose failure names what was being read."""
-    try:
-        return fn(*args)
-    except _deps.libvirt.libvirtError as exc:
-        raise libvirt_failed(exc, what) from exc
 
 
 def domain_usage(dom) -> dict | None:
@@ -66,12 +58,12 @@ def domain_usage(dom) -> dict | None:
 
 def host_info(conn) -> tuple[dict, list[str]]:
     """(the ``host`` dict, the sorted names of all domains) of the hypervisor behind ``conn``."""
-    hostname = _call("Reading the hypervisor's host name", conn.getHostname)
-    uri = _call("Reading the connection's URI", conn.getURI)
+    hostname = call("Reading the hypervisor's host name", conn.getHostname)
+    uri = call("Reading the connection's URI", conn.getURI)
     # [model, memory MiB, logical CPUs online, MHz, NUMA nodes, sockets per node, cores, threads]
-    node = _call("Reading the hypervisor's node info", conn.getInfo)
-    free_bytes = _call("Reading the hypervisor's free memory", conn.getFreeMemory)
-    listed = _call("Listing the domains", conn.listAllDomains, 0)
+    node = call("Reading the hypervisor's node info", conn.getInfo)
+    free_bytes = call("Reading the hypervisor's free memory", conn.getFreeMemory)
+    listed = call("Listing the domains", conn.listAllDomains, 0)
 
     usages = [u for u in (domain_usage(dom) for dom in listed) if u is not None]
     running = [u for u in usages if u["active"]]

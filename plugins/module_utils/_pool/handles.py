@@ -1,25 +1,19 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
-"""libvirt lookups for pools and volumes, named calls, and the facts kvm_pool and kvm_volume return."""
+"""libvirt lookups for pools and volumes, named calls, and the facts kvm_pool and kvm_volume return.
+
+``call`` is _connection's, the collection's one wrapper of a libvirt call; the pool files take it from here.
+"""
 
 from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import call, libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import pool_xml as px
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_xml as vx
 
 # virStoragePoolState (stable ABI).
 POOL_STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "inaccessible"}
-
-
-def call(what: str, fn, *args):
-    """``fn(*args)``; a libvirtError becomes LibvirtFailed saying what was being done."""
-    lv = _deps.libvirt
-    try:
-        return fn(*args)
-    except lv.libvirtError as exc:
-        raise libvirt_failed(exc, what) from exc
 
 
 def lookup_pool(conn, name: str):
