@@ -1,4 +1,4 @@
-"""The kvm_fleet role's batch filter (plugins/filter/fleet_batch.py): its clones as kvm_domain's ``domains``."""
+"""The kvm_fleet role's batch filter (plugins/filter/fleet_domain_items.py): its clones as kvm_domain's ``domains``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.virtops.kvm.plugins.filter.fleet_batch import FilterModule, fleet_domain_items
+from ansible_collections.virtops.kvm.plugins.filter.fleet_domain_items import FilterModule, fleet_domain_items
 
 ROOT = Path(__file__).resolve().parents[4]
 CLONES = [

@@ -1,10 +1,12 @@
-"""Each fleet filter's documentation (plugins/filter/<name>.yml) renders and matches the filter's signature.
+"""Every filter's documentation (plugins/filter/<name>.yml) renders and matches the filter's signature.
 
-ansible-test's validate-modules skips filter plugins, so this is the check that the docs do not drift.
+ansible-test's validate-modules skips filter plugins, so this is the check that the docs do not drift. Each
+filter lives in the file named after it (a group of filters in the file named after the first).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 from pathlib import Path
@@ -12,10 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.virtops.kvm.plugins.filter.fleet import FilterModule
-
 ROOT = Path(__file__).resolve().parents[4]
-FILTERS = FilterModule().filters()
+FILES = sorted(p.stem for p in (ROOT / "plugins" / "filter").glob("*.py"))
+
+
+def _filters_of(stem: str) -> dict:
+    return importlib.import_module(f"ansible_collections.virtops.kvm.plugins.filter.{stem}").FilterModule().filters()
+
+
+FILTERS = {name: fn for stem in FILES for name, fn in _filters_of(stem).items()}
 
 
 def _doc(name: str) -> dict:
@@ -40,6 +47,12 @@ def test_doc_matches_signature(name):
     assert doc["RETURN"]["_value"]["description"] and doc["RETURN"]["_value"]["type"]
 
 
+@pytest.mark.parametrize("stem", FILES)
+def test_file_is_named_after_its_filters(stem):
+    names = list(_filters_of(stem))
+    assert names and names[0] == stem and all(n.startswith(stem) for n in names), (stem, names)
+
+
 def test_ansible_doc_renders_every_filter(ansible_cli):
     names = [f"virtops.kvm.{name}" for name in sorted(FILTERS)]
     proc = ansible_cli("ansible-doc", "-t", "filter", "--json", *names)
@@ -48,3 +61,8 @@ def test_ansible_doc_renders_every_filter(ansible_cli):
     for name in names:
         assert docs[name]["doc"]["options"]["_input"]["description"], name
         assert docs[name]["examples"], name
+
+
+def test_ansible_doc_lists_every_filter(ansible_cli):
+    proc = ansible_cli("ansible-doc", "-l", "-t", "filter", "virtops.kvm", "--json")
+    assert sorted(json.loads(proc.stdout)) == [f"virtops.kvm.{name}" for name in sorted(FILTERS)], proc.stderr

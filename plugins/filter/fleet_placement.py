@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.virtops.kvm.plugins.filter.fleet import _kind, _list
+from ansible_collections.virtops.kvm.plugins.plugin_utils._filter_input import a_list, kind
 
 FILT = "fleet_placement"
 RULES = ("spread", "resources")
@@ -45,7 +45,7 @@ def _count(value, what: str, required: bool = False) -> int | None:
     if isinstance(value, str) and INT_TEXT.fullmatch(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        got = f"the string {value!r}" if isinstance(value, str) and value else _kind(value)
+        got = f"the string {value!r}" if isinstance(value, str) and value else kind(value)
         _fail(f"{what} must be a whole number >= 0, got {got}.")
     if value < 0:
         _fail(f"{what} must not be negative, got {value}.")
@@ -55,7 +55,7 @@ def _count(value, what: str, required: bool = False) -> int | None:
 def _label(value, what: str) -> str | None:
     """An optional non-empty string (a pin, a group): None when not given."""
     if value is not None and (not isinstance(value, str) or not value):
-        _fail(f"{what} must be a non-empty string or null, got {_kind(value)}.")
+        _fail(f"{what} must be a non-empty string or null, got {kind(value)}.")
     return value
 
 
@@ -84,7 +84,7 @@ def _defaults(value) -> dict:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        _fail(f"defaults must be a dict (memory, vcpus), got {_kind(value)}.")
+        _fail(f"defaults must be a dict (memory, vcpus), got {kind(value)}.")
     unknown = sorted(str(k) for k in value if k not in DEFAULT_KEYS)
     if unknown:
         _fail(f"defaults takes only {', '.join(DEFAULT_KEYS)}, got {', '.join(unknown)}: remove them.")
@@ -93,14 +93,14 @@ def _defaults(value) -> dict:
 
 def _clones(value, defaults: dict) -> list:
     clones, seen = [], {}
-    for i, item in enumerate(_list(value, FILT, "the clones (the filter's input)")):
+    for i, item in enumerate(a_list(value, FILT, "the clones (the filter's input)")):
         if isinstance(item, str):
             item = {"name": item}
         elif not isinstance(item, Mapping):
-            _fail(f"clones[{i}] must be a clone name or a dict with a 'name', got {_kind(item)}.")
+            _fail(f"clones[{i}] must be a clone name or a dict with a 'name', got {kind(item)}.")
         name = item.get("name")
         if not isinstance(name, str) or not name:
-            _fail(f"clones[{i}] needs a non-empty string 'name', got {_kind(name)}.")
+            _fail(f"clones[{i}] needs a non-empty string 'name', got {kind(name)}.")
         if name in seen:
             _fail(f"clone {name!r} is listed twice (clones[{seen[name]}] and clones[{i}]): clone names must be unique.")
         seen[name] = i
@@ -118,29 +118,29 @@ def _clones(value, defaults: dict) -> list:
 
 def _hosts(value, rule: str) -> list:
     hosts, seen = [], set()
-    for i, item in enumerate(_list(value, FILT, "hosts")):
+    for i, item in enumerate(a_list(value, FILT, "hosts")):
         if not isinstance(item, Mapping):
-            _fail(f"hosts[{i}] must be a dict (name, reachable, domains, cpus, memory...), got {_kind(item)}.")
+            _fail(f"hosts[{i}] must be a dict (name, reachable, domains, cpus, memory...), got {kind(item)}.")
         name = item.get("name")
         if not isinstance(name, str) or not name:
-            _fail(f"hosts[{i}] needs a non-empty string 'name' (its inventory host name), got {_kind(name)}.")
+            _fail(f"hosts[{i}] needs a non-empty string 'name' (its inventory host name), got {kind(name)}.")
         if name in seen:
             _fail(f"host {name!r} is listed twice in hosts: host names must be unique.")
         seen.add(name)
         reachable = item.get("reachable")
         if not isinstance(reachable, bool):
-            _fail(f"host {name!r}: 'reachable' must be true or false, got {_kind(reachable)}.")
+            _fail(f"host {name!r}: 'reachable' must be true or false, got {kind(reachable)}.")
         if not reachable:
             hosts.append(_Host(name, False))
             continue
         drained = item.get("drained", False)
         if not isinstance(drained, bool):
-            _fail(f"host {name!r}: 'drained' must be true or false, got {_kind(drained)}.")
+            _fail(f"host {name!r}: 'drained' must be true or false, got {kind(drained)}.")
         domains = item.get("domains")
         if not isinstance(domains, (list, tuple)) or not all(isinstance(d, str) for d in domains):
             _fail(
                 f"host {name!r}: 'domains' must be the list of the names of ALL domains defined on it "
-                f"(kvm_host_info's domains), got {_kind(domains)}."
+                f"(kvm_host_info's domains), got {kind(domains)}."
             )
         numbers = {
             k: _count(item.get(k), f"host {name!r}: {k}", required=rule == "resources" and k in RESOURCE_NUMBERS)
@@ -289,7 +289,7 @@ def fleet_placement(clones, hosts, rule="spread", replace_unreachable=False, def
     if not isinstance(rule, str) or rule not in RULES:
         _fail(f"rule must be one of {', '.join(RULES)}, got {rule!r}.")
     if not isinstance(replace_unreachable, bool):
-        _fail(f"replace_unreachable must be true or false, got {_kind(replace_unreachable)}.")
+        _fail(f"replace_unreachable must be true or false, got {kind(replace_unreachable)}.")
     hosts = _hosts(hosts, rule)
     clones = _clones(clones, _defaults(defaults))
     by_name = {h.name: h for h in hosts}

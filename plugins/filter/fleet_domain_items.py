@@ -2,15 +2,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The kvm_fleet role's batch rule as a filter: its clones as ONE kvm_domain task's ``domains`` list.
 
-Pure Python on the controller, like fleet.py (whose input checks it shares); documented in
-plugins/filter/fleet_domain_items.yml.
+Pure Python on the controller (input checks shared with the other filters: plugin_utils/_filter_input.py);
+documented in plugins/filter/fleet_domain_items.yml.
 """
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.virtops.kvm.plugins.filter.fleet import _kind, _named_dicts, _names
+from ansible_collections.virtops.kvm.plugins.plugin_utils._filter_input import kind, name_set, named_dicts
 
 # What kvm_domain's batch (its domains option) takes from a clone of the fleet.
 DOMAIN_KEYS = ("state", "memory", "vcpus", "autostart")
@@ -23,11 +23,11 @@ def fleet_domain_items(clones, names=None, default_state=None, state=None) -> li
     that gives no state; ``state`` for every clone, whatever it gives.
     """
     filt = "fleet_domain_items"
-    clones = _named_dicts(clones, filt, "the clones")
-    wanted = None if names is None else _names(names, filt, "names")
+    clones = named_dicts(clones, filt, "the clones")
+    wanted = None if names is None else name_set(names, filt, "names")
     for what, value in (("default_state", default_state), ("state", state)):
         if value is not None and (not isinstance(value, str) or not value):
-            raise AnsibleFilterError(f"{filt}: {what} must be a state name or null, got {_kind(value)}.")
+            raise AnsibleFilterError(f"{filt}: {what} must be a state name or null, got {kind(value)}.")
     items = []
     for clone in clones:
         if wanted is not None and clone["name"] not in wanted:

@@ -1,4 +1,4 @@
-"""virtops.kvm.fleet_placement (plugins/filter/placement.py): a fleet placed over many hypervisors.
+"""virtops.kvm.fleet_placement (plugins/filter/fleet_placement.py): a fleet placed over many hypervisors.
 
 Deterministic (ties by host order), sticky (existing clones stay), pins, anti-affinity, unreachable hosts, the
 resources rule, input checks; then the same filter through real Ansible and its documentation.
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.virtops.kvm.plugins.filter.placement import FilterModule, fleet_placement
+from ansible_collections.virtops.kvm.plugins.filter.fleet_placement import FilterModule, fleet_placement
 
 ROOT = Path(__file__).resolve().parents[4]
 

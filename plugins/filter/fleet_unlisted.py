@@ -1,0 +1,64 @@
+# Copyright: virtops.kvm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The kvm_fleet role's prune rule as a filter: the fleet's domains that are no longer listed.
+
+Pure Python on the controller (standard library only); documented in plugins/filter/fleet_unlisted.yml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.virtops.kvm.plugins.plugin_utils._filter_input import kind, name_set, named_dicts
+
+# kvm_clone's mark in a clone's provenance (<metadata>), as kvm_domain_info returns it.
+CREATED_BY = "virtops.kvm"
+
+
+def _made_from(domain: Mapping, template_name: str, filt: str) -> bool:
+    """Whether kvm_clone's provenance record says it made this domain (from this template, when known)."""
+    prov = domain.get("provenance")
+    if prov is None:
+        return False
+    if not isinstance(prov, Mapping):
+        raise AnsibleFilterError(
+            f"{filt}: the provenance of domain {domain['name']!r} must be a dict or null "
+            f"(as kvm_domain_info returns it), got {kind(prov)}."
+        )
+    if prov.get("created_by") != CREATED_BY:
+        return False
+    return not template_name or prov.get("template") == template_name
+
+
+def fleet_unlisted(domains, fleet_name, listed_names, template_name=None) -> list:
+    """Names of the fleet's domains that are no longer listed: what prune removes.
+
+    A domain belongs to the fleet only when its name starts with "<fleet_name>-" AND kvm_clone's
+    provenance says it made it (from template_name, when that is known). Anything else is never
+    returned, whatever its name.
+    """
+    filt = "fleet_unlisted"
+    domains = named_dicts(domains, filt, "the domains")
+    if not isinstance(fleet_name, str) or not fleet_name:
+        raise AnsibleFilterError(
+            f"{filt}: fleet_name must be a non-empty string (the prefix '<fleet_name>-' marks the fleet's clones), "
+            f"got {kind(fleet_name)}."
+        )
+    listed = name_set(listed_names, filt, "listed_names")
+    if template_name is not None and not isinstance(template_name, str):
+        raise AnsibleFilterError(f"{filt}: template_name must be a string or null, got {kind(template_name)}.")
+    prefix = f"{fleet_name}-"
+    return [
+        d["name"]
+        for d in domains
+        if d["name"].startswith(prefix) and d["name"] not in listed and _made_from(d, template_name, filt)
+    ]
+
+
+class FilterModule:
+    """virtops.kvm.fleet_unlisted."""
+
+    def filters(self) -> dict:
+        return {"fleet_unlisted": fleet_unlisted}
