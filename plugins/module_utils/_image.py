@@ -1,9 +1,10 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
 """kvm_image on the managed host: a base image's probe, its install without overwrite, and its digest cache.
 
-The action plugin (plugins/action/kvm_image.py) hashes ``src`` on the controller and runs this in
-steps: ``probe`` (is ``dest`` absent, identical or different?), ``install`` (check the file staged
-beside ``dest``, hard-link it into place, never over an existing file) and ``cleanup``.
+The action plugin (plugins/action/kvm_image.py) hashes ``src`` on the controller and runs the module
+(``ImageManager``, through ``_manager.run_module`` like every module) in steps: ``probe`` (is ``dest``
+absent, identical or different?), ``install`` (check the file staged beside ``dest``, hard-link it
+into place, never over an existing file) and ``cleanup``.
 
 The digest of ``dest`` is kept in its xattr ``user.virtops.sha256`` (JSON ``{sha256, size, mtime_ns,
 ctime_ns}``) so a rerun over a 10 GiB base does not hash it. Writing the xattr itself moves ctime (as
@@ -24,7 +25,8 @@ import re
 import stat
 import time
 
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, KvmError, StorageError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, StorageError
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 
 XATTR = "user.virtops.sha256"
 # How long after a record is written the file's ctime may still move (our own chmod, link, unlink).
@@ -376,23 +378,18 @@ class ImageTarget:
         )
 
 
-def run_target(module) -> None:
-    """The whole of kvm_image's main(): one step, its warnings, and typed failures as fail_json."""
-    target = None
-    try:
-        target = ImageTarget(module.params, module.check_mode)
-        result = target.run()
-    except KvmError as exc:
-        for warning in target.warnings if target else []:
-            module.warn(warning)
-        module.fail_json(msg=exc.message, error=type(exc).__name__, **exc.details)
-    except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        module.fail_json(
-            msg=f"{exc.strerror or exc}{where}.", error="StorageError", errno=errno.errorcode.get(exc.errno)
-        )
-    for warning in target.warnings:
-        module.warn(warning)
-    if not module._diff:  # pylint: disable=protected-access
-        result.pop("diff", None)
-    module.exit_json(**result)
+class ImageManager(Manager):
+    """kvm_image's host side, run by ``_manager.run_module`` like every module; it needs no libvirt connection."""
+
+    ARGUMENT_SPEC = ARGUMENT_SPEC
+    LIBRARIES = ()
+    CONNECTED = False
+
+    def run(self) -> dict:
+        try:
+            target = ImageTarget(self.p, self.check_mode)
+            self.warnings = target.warnings  # one list: what a step warned before it failed is said too
+            return target.run()
+        except OSError as exc:  # not one of a step's own refusals: a StorageError naming the errno, as always
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise StorageError(f"{exc.strerror or exc}{where}.", errno=errno.errorcode.get(exc.errno)) from exc

@@ -73,6 +73,9 @@ class Manager:
     LIBRARIES: tuple = ("libvirt", "lxml")
     #: whether a read-only libvirt connection is enough
     READONLY = False
+    #: whether the module talks to libvirt at all; kvm_image does not, and so has no ``uri`` option
+    #: (its Connection is made but never opened, and closing it does nothing)
+    CONNECTED = True
     #: the manager's own test seams (keyword arguments, e.g. a clock or a fake file tree) and their defaults
     SEAMS: dict = {}
     #: bounds of numeric options that differ from _validate.LIMITS: ``{option: (low, high, unit)}``
@@ -104,7 +107,7 @@ class Manager:
 
     @classmethod
     def argument_spec(cls) -> dict:
-        return dict(cls.ARGUMENT_SPEC, **CONNECTION_ARGS)
+        return dict(cls.ARGUMENT_SPEC, **CONNECTION_ARGS) if cls.CONNECTED else dict(cls.ARGUMENT_SPEC)
 
     @classmethod
     def module_kwargs(cls) -> dict:

@@ -173,12 +173,13 @@ transfer:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-from ansible_collections.virtops.kvm.plugins.module_utils._image import ARGUMENT_SPEC, run_target  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._image import ImageManager  # noqa: E402
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module  # noqa: E402
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    run_target(module)
+    module = AnsibleModule(**ImageManager.module_kwargs())
+    run_module(module, ImageManager)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ PREFIX = "ansible_collections.virtops.kvm.plugins."
 ALLOWED = {
     "_errors": set(),
     "_deps": set(),
+    "_wait": set(),
+    "_stream": {"_deps", "_errors"},
     "_validate": {"_errors"},
     "_connection_errors": {"_deps", "_errors"},
     "_connection": {"_deps", "_errors", "_connection_errors"},
@@ -61,15 +63,16 @@ ALLOWED = {
     "_network": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan", "_network_xml", "_dhcp"},
     "_guestfs": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_disk_files", "_scan", "_host"},
     "_snapshot": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_disk_files", "_scan"},
-    "_pool": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_disk_files", "_scan"},
+    "_pool": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_disk_files", "_scan", "_stream"},
     "_inventory": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan"},
-    "_image": {"_deps", "_errors"},
-    "_migrate": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_drift", "_scan"},
+    "_image": {"_deps", "_errors", "_manager"},
+    "_migrate": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_drift", "_scan", "_stream"},
 }
 # The checks of what users type (_validate) sit at the bottom: every unit above _errors may use them.
+# So does the one poll loop (_wait, standard library only).
 for _name, _allowed in ALLOWED.items():
-    if _name not in ("_errors", "_deps", "_validate"):
-        _allowed.add("_validate")
+    if _name not in ("_errors", "_deps", "_validate", "_wait"):
+        _allowed.update(("_validate", "_wait"))
 # Feature packages may use the host package only for its hardware verdict.
 HOST_PUBLIC = {"_host.probe"}
 # kvm_clone's identity reset drives the appliance kvm_guestfs uses: only its session and drive naming.

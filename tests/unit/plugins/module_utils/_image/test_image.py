@@ -1,7 +1,8 @@
 """kvm_image on the managed host (module_utils/_image.py): probe, install without overwrite, the xattr digest cache.
 
 Real files in a tmp dir, real extended attributes (the tests that need them skip where the tmp
-file system has none), no Ansible: ImageTarget is driven with the params the action plugin sends.
+file system has none), no Ansible: ImageTarget is driven with the params the action plugin sends,
+ImageManager through run_module.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _image as im
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, StorageError
+from ansible_collections.virtops.kvm.plugins.module_utils._manager import run_module
 
 DATA = os.urandom(256 * 1024) + b"base"
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -393,6 +395,9 @@ class FakeModule:
     def warn(self, msg):
         self.warned.append(msg)
 
+    def get_bin_path(self, name):
+        return None
+
     def exit_json(self, **kw):
         self.out = dict(kw, ok=True)
         raise SystemExit(0)
@@ -402,15 +407,32 @@ class FakeModule:
         raise SystemExit(1)
 
 
-def test_run_target_turns_a_refusal_into_fail_json_and_drops_the_diff_without_diff_mode(tmp_path):
+def test_run_module_turns_a_refusal_into_fail_json_and_drops_the_diff_without_diff_mode(tmp_path):
     dest = tmp_path / "base.qcow2"
     dest.write_bytes(OTHER)
     m = FakeModule(dict(src="s", dest=str(dest), _sha256=SHA, mode="0444", _step="probe"))
     with pytest.raises(SystemExit):
-        im.run_target(m)
+        run_module(m, im.ImageManager)
     assert m.out["failed"] and m.out["error"] == "Conflict" and m.out["src_sha256"] == SHA
     dest.unlink()
     m = FakeModule(dict(src="s", dest=str(dest), _sha256=SHA, mode="0644", _step="probe"), diff=False)
     with pytest.raises(SystemExit):
-        im.run_target(m)
+        run_module(m, im.ImageManager)
     assert m.out["ok"] and m.out["needs_copy"] and "diff" not in m.out and m.warned
+
+
+def test_an_os_error_no_step_translated_is_a_storage_error_with_its_errno(tmp_path, monkeypatch):
+    def refused(path):
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(im.os, "listdir", refused)
+    m = FakeModule(dict(src="s", dest=str(tmp_path / "base.qcow2"), _sha256=SHA, mode="0444", _step="probe"))
+    with pytest.raises(SystemExit):
+        run_module(m, im.ImageManager)
+    assert m.out["failed"] and m.out["error"] == "StorageError" and m.out["errno"] == "EACCES"
+    assert m.out["msg"] == f"Permission denied ({tmp_path}).", m.out
+
+
+def test_the_module_has_no_uri_option():
+    kwargs = im.ImageManager.module_kwargs()
+    assert kwargs["argument_spec"] == im.ARGUMENT_SPEC and kwargs["supports_check_mode"] is True
