@@ -18,7 +18,7 @@ every sshd process of the host, so connections hang until the client's timeout; 
 its libvirtd; ``poweroff`` kills every process of the host (daemons, sshd, guests) but its init.
 ``heal`` undoes any of them: it continues stopped processes and starts what is missing.
 
-CLI: ``python tests/ground.py start [-n N] [--inventory FILE] | stop | status | fault HOST MODE |
+CLI (from the repo root): ``python -m tests.ground start [-n N] [--inventory FILE] | stop | status | fault HOST MODE |
 heal HOST``. Hosts started by the CLI live until ``stop``.
 """
 
@@ -36,8 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import nethost  # beside this file
+from tests import nethost
 
 ROOT = Path(os.environ.get("VIRTOPS_GROUND_ROOT", "/var/lib/virtops-ground"))
 # sshd port of every host (another port and root let two grounds run side by side)
@@ -251,7 +250,7 @@ def _from_disk(root: Path = ROOT, detached: bool = True) -> Ground:
     try:
         state = json.loads((root / "ground.json").read_text())
     except (OSError, ValueError) as exc:
-        raise GroundError(f"no ground at {root}: start one (python tests/ground.py start)") from exc
+        raise GroundError(f"no ground at {root}: start one (python -m tests.ground start)") from exc
     return Ground(state["count"], root, state["port"], detached)
 
 

@@ -73,6 +73,20 @@ def make_overlay(base: str | os.PathLike, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def define_template(conn, base, scratch: Path, prefix: str, memory_mib: int = 192, kind: str = "disk") -> dict:
+    """A shut-off template domain ``<prefix>-tpl`` on a private copy of ``base`` (``scratch/tpl.qcow2``).
+
+    Returns ``dict(name, disk, xml)``; the ``prefix`` fixture's teardown removes the domain and the copy.
+    """
+    disk = scratch / "tpl.qcow2"
+    shutil.copyfile(base, disk)
+    os.chmod(disk, 0o644)
+    name = f"{prefix}-tpl"
+    xml = domain_xml(name, disk, scratch / f"{name}.log", kind=kind, memory_mib=memory_mib)
+    conn.defineXML(xml)
+    return dict(name=name, disk=disk, xml=xml)
+
+
 def domain_xml(
     name: str,
     disk: str | os.PathLike | None,

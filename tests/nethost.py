@@ -25,7 +25,7 @@ host files and host /sys). ``stop()`` destroys its domains, ends every process o
 namespaces, removes ``root``; idempotent. If its starter dies, its init tears it down;
 ``cleanup_stale()`` removes what is left of dead runs.
 
-CLI: ``python tests/nethost.py start|stop|status NAME`` (lives until ``stop``), ``cleanup-stale``.
+CLI (from the repo root): ``python -m tests.nethost start|stop|status NAME`` (lives until ``stop``), ``cleanup-stale``.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ class NetHost:
         if self.root.exists():
             if self.alive():
                 raise NetHostError(
-                    f"NetHost {self.name} is running: stop it (python tests/nethost.py stop {self.name})"
+                    f"NetHost {self.name} is running: stop it (python -m tests.nethost stop {self.name})"
                 )
             self.stop()
         self.root.mkdir(mode=0o755)

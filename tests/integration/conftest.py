@@ -19,6 +19,9 @@ Fixtures (names are stable; other test files rely on them):
 ``scratch`` (function)
     ``/var/lib/libvirt/images/virtops-test/<prefix>`` (a ``pathlib.Path``, mode 0755 so
     libvirt-qemu can traverse it): put overlays, serial logs and other files there.
+``tpl`` (function)
+    A shut-off template domain ``<prefix>-tpl`` on a private copy of the guest's base
+    (``<scratch>/tpl.qcow2``, 192 MiB): ``dict(name, disk, xml)`` (``guestlib.define_template``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import guestlib
 import pytest
+
+from tests import guestlib
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +78,9 @@ def prefix(conn) -> Iterator[str]:
 def scratch(prefix) -> Path:
     """The scratch directory of ``prefix`` (mode 0755), removed by ``prefix``'s teardown."""
     return guestlib.make_scratch(prefix)
+
+
+@pytest.fixture
+def tpl(conn, guest, prefix, scratch) -> dict:
+    """A shut-off template on a private copy of the bootable base (see the module docstring)."""
+    return guestlib.define_template(conn, guest["base"], scratch, prefix)

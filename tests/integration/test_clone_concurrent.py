@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import guestlib
 import libvirt
 import pytest
 import yaml
-from harness import playbook_env
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from tests import guestlib
+from tests.harness import playbook_env
 
 BIN = Path(sys.executable).parent
 RECAP = re.compile(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
@@ -75,11 +74,8 @@ def identities(conn, names: set[str]) -> dict[str, tuple]:
 
 @pytest.mark.slow
 def test_two_plays_at_once_share_nothing_and_delete_nothing_of_each_other(conn, guest, prefix, scratch):
-    base = scratch / "tpl.qcow2"
-    shutil.copyfile(guest["base"], base)
-    os.chmod(base, 0o644)
-    tpl = f"{prefix}-tpl"
-    conn.defineXML(guestlib.domain_xml(tpl, base, scratch / f"{tpl}.log", kind="disk", memory_mib=192))
+    made = guestlib.define_template(conn, guest["base"], scratch, prefix)
+    tpl, base = made["name"], made["disk"]
     dest = scratch / "clones"
     dest.mkdir(mode=0o755)
     a = [f"{prefix}-a{i}" for i in range(6)]

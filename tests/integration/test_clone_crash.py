@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-import guestlib
 import pytest
-from harness import ROOT, module_env, run_module
 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import JOURNAL_DIR
+from tests import guestlib
+from tests.harness import ROOT, module_env, run_module
 
 N = 8
 
@@ -63,11 +62,8 @@ def intents(names: list[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_a_batch_killed_mid_create_and_mid_absent_converges_on_rerun(conn, guest, prefix, scratch):
-    base = scratch / "tpl.qcow2"
-    shutil.copyfile(guest["base"], base)
-    os.chmod(base, 0o644)
-    tpl = f"{prefix}-tpl"
-    conn.defineXML(guestlib.domain_xml(tpl, base, scratch / f"{tpl}.log", kind="disk", memory_mib=192))
+    made = guestlib.define_template(conn, guest["base"], scratch, prefix)
+    tpl, base = made["name"], made["disk"]
     dest = scratch / "clones"
     dest.mkdir(mode=0o755)
     names = [f"{prefix}-c{i}" for i in range(N)]

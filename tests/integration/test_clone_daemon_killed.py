@@ -19,13 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import guestlib
 import libvirt
-import nethost
 import pytest
-from harness import ROOT, module_env, run_module
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from tests import guestlib, nethost
+from tests.harness import ROOT, module_env, run_module
 
 N = 6
 

@@ -30,15 +30,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import guestlib
 import pytest
-from harness import run_module
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, manager, plan, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import JOURNAL_DIR
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
+from tests import guestlib
+from tests.harness import run_module
 
 MiB = space.MiB
 PRECHECK_WIRED = any(hasattr(m, "space") or hasattr(m, "check_space") for m in (plan, manager))
@@ -71,15 +71,11 @@ def runner(argv, env=None):
 
 
 @pytest.fixture
-def tpl(conn, guest, prefix, scratch) -> dict:
-    """A shut-off template on a private copy of the base with 40 MiB of data written into it."""
-    disk = scratch / "tpl.qcow2"
-    shutil.copyfile(guest["base"], disk)
-    os.chmod(disk, 0o644)
+def tpl(tpl) -> dict:
+    """conftest's template with 40 MiB of data written into its disk, and that disk's sha256."""
+    disk = tpl["disk"]
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 40M", str(disk)], check=True, capture_output=True)
-    name = f"{prefix}-tpl"
-    conn.defineXML(guestlib.domain_xml(name, disk, scratch / f"{name}.log", kind="disk", memory_mib=192))
-    return dict(name=name, disk=disk, sha=guestlib.sha256(disk))
+    return dict(tpl, sha=guestlib.sha256(disk))
 
 
 @pytest.fixture

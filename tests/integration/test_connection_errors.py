@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import ROOT, module_env, run_module
+
+from tests.harness import ROOT, module_env, run_module
 
 SSHD = "/usr/sbin/sshd"
 ROOT_ONLY_SOCKET = "/run/libvirt/libvirt-admin-sock"  # srwx------ root: nobody may not connect

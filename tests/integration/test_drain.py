@@ -15,12 +15,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import ground as groundlib
-import guestlib
 import libvirt
 import pytest
 import yaml
-from harness import playbook_env
+
+from tests import ground as groundlib
+from tests import guestlib
+from tests.harness import playbook_env
 
 pytestmark = pytest.mark.slow
 

@@ -18,11 +18,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import ground as groundlib
-import guestlib
 import pytest
 import yaml
-from harness import ROOT, playbook_env
+
+from tests import ground as groundlib
+from tests import guestlib
+from tests.harness import ROOT, playbook_env
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,13 +25,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import guestlib
-import nethost
 import pytest
-from harness import COLLECTIONS, ROOT, module_env, run_module
 from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import default_lock_path
+from tests import guestlib, nethost
+from tests.harness import COLLECTIONS, ROOT, module_env, run_module
 
 OPEN_TIMEOUT = 5  # s: a stopped daemon fails the open after this
 KEEPALIVE = (1, 2)  # a call without an answer is given up after 1 * (2 + 1) = 3 s
@@ -286,11 +284,7 @@ def test_kvm_clone_hung_under_the_host_lock_fails_lets_go_of_the_lock_and_conver
         hconn.defineXML(guestlib.domain_xml(nh_tpl, nh_disk, host.images / f"{nh_tpl}.log", memory_mib=192))
     finally:
         hconn.close()
-    disk = scratch / "tpl.qcow2"
-    shutil.copyfile(guest["base"], disk)
-    os.chmod(disk, 0o644)
-    tpl = f"{prefix}-tpl"
-    conn.defineXML(guestlib.domain_xml(tpl, disk, scratch / f"{tpl}.log", memory_mib=192))
+    tpl = guestlib.define_template(conn, guest["base"], scratch, prefix)["name"]
     common = dict(domain_type="qemu", identity={"operations": []})
     nh_args = dict(common, uri=host.uri, template=nh_tpl, name=f"{host.name}-c1")
 

@@ -22,11 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-import guestlib
 import libvirt
 import pytest
 import yaml
-from harness import run_module
+
+from tests import guestlib
+from tests.harness import run_module
 
 pytestmark = pytest.mark.slow
 

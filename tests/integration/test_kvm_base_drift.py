@@ -10,24 +10,10 @@ accept_base_change records the base anew and lets the clone run.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
-import guestlib
-import pytest
-from harness import run_module
-
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
-
-
-@pytest.fixture
-def tpl(conn, guest, prefix, scratch) -> dict:
-    disk = scratch / "tpl.qcow2"
-    shutil.copyfile(guest["base"], disk)
-    os.chmod(disk, 0o644)
-    name = f"{prefix}-tpl"
-    conn.defineXML(guestlib.domain_xml(name, disk, scratch / f"{name}.log", kind="disk", memory_mib=192))
-    return dict(name=name, disk=disk)
+from tests.harness import run_module
 
 
 def test_a_base_written_under_its_clone_is_refused_everywhere_until_accepted(conn, tpl, prefix, scratch):

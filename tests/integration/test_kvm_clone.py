@@ -9,31 +9,18 @@ so each clone logs to ``<scratch>/<clone>.log``.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 
-import guestlib
 import libvirt
 import pytest
-from harness import assert_four_ways, four_ways, run_module
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
-
-
-@pytest.fixture
-def tpl(conn, guest, prefix, scratch) -> dict:
-    """A shut-off template domain on a private copy of the bootable base."""
-    disk = scratch / "tpl.qcow2"
-    shutil.copyfile(guest["base"], disk)
-    os.chmod(disk, 0o644)
-    name = f"{prefix}-tpl"
-    xml = guestlib.domain_xml(name, disk, scratch / f"{name}.log", kind="disk", memory_mib=192)
-    conn.defineXML(xml)
-    return dict(name=name, disk=disk, xml=xml)
+from tests import guestlib
+from tests.harness import assert_four_ways, four_ways, run_module
 
 
 def my_domains(conn, prefix: str) -> list[str]:

@@ -9,18 +9,16 @@ on its serial console at boot (playbooks/files/build_test_guest.py).
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
-import guestlib
 import pytest
-from harness import assert_four_ways, four_ways, run_module
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import read_seed
+from tests import guestlib
+from tests.harness import assert_four_ways, four_ways, run_module
 
 IDENTITY_RE = re.compile(r"VIRTOPS-IDENTITY hostname=(\S+) machine-id=(\w+):(\S+) seed-hostname=(\S+)")
 ALL_OPS = ["hostname", "machine-id", "ssh-hostkeys", "net-persistent", "dhcp-leases", "logfiles"]
@@ -37,17 +35,6 @@ def identity_line(serial_log: Path, timeout: float = 180) -> tuple[str, str, str
         if time.monotonic() > deadline:
             raise TimeoutError(f"no identity line in {serial_log} after {timeout} s:\n{text[-1500:]}")
         time.sleep(0.25)
-
-
-@pytest.fixture
-def tpl(conn, guest, prefix, scratch) -> dict:
-    """A shut-off template domain on a private copy of the bootable base."""
-    disk = scratch / "tpl.qcow2"
-    shutil.copyfile(guest["base"], disk)
-    os.chmod(disk, 0o644)
-    name = f"{prefix}-tpl"
-    conn.defineXML(guestlib.domain_xml(name, disk, scratch / f"{name}.log", kind="disk", memory_mib=192))
-    return dict(name=name, disk=disk)
 
 
 @pytest.mark.slow

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 
-import guestlib
 import libvirt
 import pytest
-from harness import assert_four_ways, four_ways, run_module
+
+from tests import guestlib
+from tests.harness import assert_four_ways, four_ways, run_module
 
 pytestmark = pytest.mark.slow
 

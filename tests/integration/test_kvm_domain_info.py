@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import guestlib
 import libvirt
-from harness import run_module
+
+from tests import guestlib
+from tests.harness import run_module
 
 MOD = "kvm_domain_info"
 

@@ -13,9 +13,10 @@ import os
 import subprocess
 import time
 
-import guestlib
 import pytest
-from harness import assert_four_ways, four_ways, run_module
+
+from tests import guestlib
+from tests.harness import assert_four_ways, four_ways, run_module
 
 pytestmark = pytest.mark.slow
 

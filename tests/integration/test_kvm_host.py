@@ -14,7 +14,8 @@ import re
 import subprocess
 
 import pytest
-from harness import ROOT, assert_four_ways, four_ways, module_env, run_module
+
+from tests.harness import ROOT, assert_four_ways, four_ways, module_env, run_module
 
 MODULE = "kvm_host"
 BOGUS = "virtops-no-such-package-xyz"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from harness import run_module
+from tests.harness import run_module
 
 MOD = "kvm_host_info"
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import playbook_env
+
+from tests.harness import playbook_env
 
 BIN = Path(sys.executable).parent
 RESULT = re.compile(r"^ok: \[[^\]]+\] => (\{.*\})$", re.M)

@@ -17,15 +17,15 @@ import threading
 import time
 from pathlib import Path
 
-import ground as groundlib
-import guestlib
 import libvirt
 import pytest
-from harness import run_module
 from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _drift
+from tests import ground as groundlib
+from tests import guestlib
+from tests.harness import run_module
 
 pytestmark = pytest.mark.slow
 

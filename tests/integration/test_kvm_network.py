@@ -19,11 +19,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import guestlib
 import libvirt
 import pytest
-from harness import assert_four_ways, four_ways, run_module
 from lxml import etree
+
+from tests import guestlib
+from tests.harness import assert_four_ways, four_ways, run_module
 
 pytestmark = pytest.mark.slow
 

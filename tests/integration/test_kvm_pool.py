@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import libvirt
 import pytest
-from harness import assert_four_ways, four_ways, run_module
+
+from tests.harness import assert_four_ways, four_ways, run_module
 
 MOD = "kvm_pool"
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
-import guestlib
 import libvirt
 import pytest
-from harness import assert_four_ways, four_ways, run_module
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from tests import guestlib
+from tests.harness import assert_four_ways, four_ways, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -58,11 +57,8 @@ def ok(result: dict) -> dict:
 @pytest.fixture(scope="module")
 def world(conn, guest):
     with guestlib.scratch_dir(conn=conn) as (prefix, scratch):
-        tpl_disk = scratch / "tpl.qcow2"
-        shutil.copyfile(guest["base"], tpl_disk)
-        os.chmod(tpl_disk, 0o644)
-        tpl = f"{prefix}-tpl"
-        conn.defineXML(guestlib.domain_xml(tpl, tpl_disk, scratch / f"{tpl}.log", kind="disk"))
+        made = guestlib.define_template(conn, guest["base"], scratch, prefix, memory_mib=256)
+        tpl, tpl_disk = made["name"], made["disk"]
         tpl_sha = guestlib.sha256(tpl_disk)
         ext, intl = f"{prefix}-ext", f"{prefix}-int"
         ok(run_module("kvm_clone", dict(template=tpl, clones=[ext, intl], domain_type="qemu", state="running")))

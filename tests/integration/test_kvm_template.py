@@ -20,14 +20,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import guestlib
 import libvirt
 import pytest
-from harness import assert_four_ways, run_module
 from lxml import etree
 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import seal
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import read_seed
+from tests import guestlib
+from tests.harness import assert_four_ways, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -87,11 +87,8 @@ def identity_line(serial_log: Path, timeout: float = 60) -> tuple[str, str, str,
 def world(conn, guest):
     """A shut-off template on a private copy of the base; its clones and files are removed at the end."""
     with guestlib.scratch_dir(conn=conn) as (prefix, scratch):
-        tpl = f"{prefix}-tpl"
-        disk = scratch / "tpl.qcow2"
-        shutil.copyfile(guest["base"], disk)
-        os.chmod(disk, 0o644)
-        conn.defineXML(guestlib.domain_xml(tpl, disk, scratch / f"{tpl}.log", kind="disk", memory_mib=192))
+        made = guestlib.define_template(conn, guest["base"], scratch, prefix)
+        tpl, disk = made["name"], made["disk"]
         clones = [f"{prefix}-c1", f"{prefix}-c2"]
         yield dict(prefix=prefix, scratch=scratch, tpl=tpl, disk=disk, clones=clones)
 

@@ -15,9 +15,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import guestlib
 import pytest
-from harness import assert_four_ways, four_ways, run_module
+
+from tests import guestlib
+from tests.harness import assert_four_ways, four_ways, run_module
 
 MOD = "kvm_volume"
 MIB = 1024**2

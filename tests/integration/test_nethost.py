@@ -16,10 +16,10 @@ import sys
 import time
 from collections.abc import Iterator
 
-import guestlib
-import nethost
 import pytest
 from lxml import etree
+
+from tests import guestlib, nethost
 
 BOOT_TIMEOUT = 240  # TCG on 2 shared cores; the lease comes ~10 s after the boot marker
 SUBNET = "192.168.150"  # any private range: it exists only inside the NetHost's network namespace

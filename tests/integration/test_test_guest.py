@@ -21,10 +21,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import guestlib
 import libvirt
 import pytest
 from lxml import etree
+
+from tests import guestlib
 
 BOOT_TIMEOUT = 240  # TCG on 2 shared cores: a boot takes 10-25 s, allow for a busy machine
 IDENTITY_RE = re.compile(r"VIRTOPS-IDENTITY [^\r\n]*")

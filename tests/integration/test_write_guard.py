@@ -30,10 +30,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import guestlib
 import libvirt
 import pytest
-from harness import run_module
+
+from tests import guestlib
+from tests.harness import run_module
 
 MIB = 1024**2
 
@@ -483,7 +484,7 @@ IMAGES = "/var/lib/libvirt/images"
 @pytest.fixture(scope="module")
 def ground():
     """Two simulated hypervisors hv1, hv2 (tests/ground.py) on a port and root of this file's own."""
-    import ground as groundlib
+    from tests import ground as groundlib
 
     g = groundlib.Ground(2, root=Path("/var/lib/virtops-ground-writeguard"), port=2224)
     with g:

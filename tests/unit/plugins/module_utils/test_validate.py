@@ -11,7 +11,6 @@ import importlib
 import pkgutil
 import secrets
 
-import clonelib
 import libvirt
 import pytest
 
@@ -27,6 +26,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._network.manager impor
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.pool_manager import PoolManager
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.volume_manager import VolumeManager
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager
+from tests import fakes
 
 URI = "test:///default"
 
@@ -212,17 +212,17 @@ def test_every_timeout_and_count_is_non_negative_and_bounded(cls, path):
     low, high, _unit = vd.limit(leaf, cls.LIMITS)
     for bad in (low - 1, high + 1):
         params, shown = _params(path, bad)
-        message = refused(cls, params, clonelib.Held(None))
+        message = refused(cls, params, fakes.Held(None))
         assert f"{shown} is {bad}: allowed are {low} to {high}" in message
 
 
 def test_kvm_host_daemon_timeout_minus_one_is_refused():
-    message = refused(HostManager, dict(daemon_timeout=-1), clonelib.Held(None))
+    message = refused(HostManager, dict(daemon_timeout=-1), fakes.Held(None))
     assert message.startswith("daemon_timeout is -1: allowed are 0 to 3600 seconds.")
 
 
 def test_kvm_host_extra_packages_are_never_options(tmp_path):
-    mgr = HostManager(dict(extra_packages=["qemu-img", "-oAPT::Update::Pre-Invoke::=reboot"]), clonelib.Held(None))
+    mgr = HostManager(dict(extra_packages=["qemu-img", "-oAPT::Update::Pre-Invoke::=reboot"]), fakes.Held(None))
     calls = []
     mgr.runner = lambda argv, env=None: calls.append(argv) or (0, "", "")
     message = refused(mgr.run)
@@ -242,7 +242,7 @@ def everything(conn) -> tuple:
 
 
 def manage(cls, conn, check=False, **params):
-    return cls(dict(uri=URI, **params), clonelib.Held(conn), check).run()
+    return cls(dict(uri=URI, **params), fakes.Held(conn), check).run()
 
 
 @pytest.mark.parametrize(
@@ -311,7 +311,7 @@ def test_kvm_domain_defines_only_names_of_the_one_rule(conn):
 
 
 def test_kvm_domain_still_reads_stops_and_removes_existing_odd_names(conn, odd):
-    info = DomainInfoManager(dict(uri=URI, name=[odd]), clonelib.Held(conn), True).run()
+    info = DomainInfoManager(dict(uri=URI, name=[odd]), fakes.Held(conn), True).run()
     assert [d["name"] for d in info["domains"]] == [odd]
     assert manage(DomainManager, conn, name=odd, state="running", shutdown_timeout=5)["changed"]
     assert manage(DomainManager, conn, name=odd, state="absent", shutdown_timeout=5, force=True)["changed"]
@@ -367,7 +367,7 @@ def test_kvm_volume_size_is_named_and_bounded(conn, pool, size):
 
 @pytest.fixture
 def clone_conn():
-    c, close = clonelib.open_conn(("ut-",))
+    c, close = fakes.open_conn(("ut-",))
     yield c
     close()
 
@@ -383,16 +383,16 @@ def clone_conn():
     ],
 )
 def test_kvm_clone_blames_the_bad_value(clone_conn, tmp_path, clones, start):
-    clonelib.make_template(clone_conn, tmp_path, "ut-tpl")
+    fakes.make_template(clone_conn, tmp_path, "ut-tpl")
     before = (everything(clone_conn), sorted(p.name for p in tmp_path.iterdir()))
-    message = refused(clonelib.clone_manager, clone_conn, tmp_path, False, template="ut-tpl", clones=clones)
+    message = refused(fakes.clone_manager, clone_conn, tmp_path, False, template="ut-tpl", clones=clones)
     assert message.startswith(start), message
     assert "RFC 1123" in message or "allowed are" in message
     assert (everything(clone_conn), sorted(p.name for p in tmp_path.iterdir())) == before
 
 
 def test_kvm_clone_dirs_hold_no_control_characters(clone_conn, tmp_path):
-    message = refused(clonelib.clone_manager, clone_conn, tmp_path, False, name="ut-a", dest_dir="/srv/a\nb")
+    message = refused(fakes.clone_manager, clone_conn, tmp_path, False, name="ut-a", dest_dir="/srv/a\nb")
     assert message.startswith("dest_dir is '/srv/a\\nb': a path")
 
 
@@ -429,5 +429,5 @@ def test_kvm_snapshot_description_is_refused_before_the_domain_is_read(conn):
 
 
 def test_kvm_domain_address_looks_up_existing_odd_names(odd):
-    assert AddressManager(dict(name=[odd], timeout=0), clonelib.Held(None)).names == [odd]
-    assert refused(AddressManager, dict(name=["a/b"]), clonelib.Held(None)).startswith("name is 'a/b': ")
+    assert AddressManager(dict(name=[odd], timeout=0), fakes.Held(None)).names == [odd]
+    assert refused(AddressManager, dict(name=["a/b"]), fakes.Held(None)).startswith("name is 'a/b': ")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import clonelib
 import libvirt
 import pytest
 
@@ -19,26 +18,27 @@ from ansible_collections.virtops.kvm.plugins.module_utils._connection import Con
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.info import list_domains
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.manager import DomainManager
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict
+from tests import fakes
 
-URI = clonelib.URI
+URI = fakes.URI
 TPL = "ut-drift-tpl"
 
 
 @pytest.fixture
 def conn():
-    c, close = clonelib.open_conn(("ut-drift",))
+    c, close = fakes.open_conn(("ut-drift",))
     yield c
     close()
 
 
 @pytest.fixture
 def base(conn, tmp_path):
-    return clonelib.make_template(conn, tmp_path, TPL, "64M")
+    return fakes.make_template(conn, tmp_path, TPL, "64M")
 
 
 def clone(conn, tmp_path, check=False, **params):
     params = dict(dict(template=TPL, identity={"operations": []}), **params)
-    return clonelib.clone_manager(conn, tmp_path, check, **params).run()
+    return fakes.clone_manager(conn, tmp_path, check, **params).run()
 
 
 def domain(name, check=False, **params):
@@ -93,7 +93,7 @@ def test_clone_records_its_base_then_refuses_new_overlays_on_a_changed_base(conn
     assert not (tmp_path / "ut-drift-b.qcow2").exists()
 
     # the existing clone alone: a warning, nothing refused, nothing changed
-    m = clonelib.clone_manager(conn, tmp_path, template=TPL, name="ut-drift-a", identity={"operations": []})
+    m = fakes.clone_manager(conn, tmp_path, template=TPL, name="ut-drift-a", identity={"operations": []})
     assert m.run()["changed"] is False
     assert any("The base of domain ut-drift-a changed" in w for w in m.warnings)
 

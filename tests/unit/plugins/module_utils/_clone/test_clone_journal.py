@@ -10,19 +10,19 @@ from __future__ import annotations
 import os
 import subprocess
 
-import clonelib
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import Journal
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict
+from tests import fakes
 
-URI = clonelib.URI
+URI = fakes.URI
 TPL = "ut-jr-tpl"
 
 
 @pytest.fixture
 def conn():
-    c, close = clonelib.open_conn(("ut-jr",))
+    c, close = fakes.open_conn(("ut-jr",))
     yield c
     close()
 
@@ -30,13 +30,13 @@ def conn():
 @pytest.fixture
 def env(conn, tmp_path):
     (tmp_path / "images").mkdir()
-    base = clonelib.make_template(conn, tmp_path / "images", TPL)
+    base = fakes.make_template(conn, tmp_path / "images", TPL)
     return dict(dir=base.parent, journal=str(tmp_path) + "-journal")
 
 
 def clone(conn, env, check=False, **params):
     params = dict(dict(template=TPL, identity={"operations": []}), **params)
-    m = clonelib.clone_manager(conn, env["dir"].parent, check, **params)
+    m = fakes.clone_manager(conn, env["dir"].parent, check, **params)
     return m.run(), m
 
 

@@ -10,12 +10,11 @@ import os
 import subprocess
 import threading
 
-import clonelib
 import libvirt
 import pytest
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import plan as clone_plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
@@ -28,23 +27,24 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     TimeoutExpired,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
+from tests import fakes
 
 TPL = "ut-tpl"
 
 
-runner, template_xml, Held = clonelib.runner, clonelib.template_xml, clonelib.Held
+runner, template_xml, Held = fakes.runner, fakes.template_xml, fakes.Held
 
 
 @pytest.fixture
 def conn():
-    c, close = clonelib.open_conn(("ut-",))
+    c, close = fakes.open_conn(("ut-",))
     yield c
     close()
 
 
 @pytest.fixture
 def tpl(conn, tmp_path):
-    return clonelib.make_template(conn, tmp_path, TPL)
+    return fakes.make_template(conn, tmp_path, TPL)
 
 
 def manager(conn, tmp_path, check_mode=False, **params):
@@ -52,7 +52,7 @@ def manager(conn, tmp_path, check_mode=False, **params):
     if "template_xml" not in params:
         params.setdefault("template", TPL)
     params.setdefault("identity", {"operations": []})  # blank test disks: the reset has its own tests
-    return clonelib.clone_manager(conn, tmp_path, check_mode, **params)
+    return fakes.clone_manager(conn, tmp_path, check_mode, **params)
 
 
 def snapshot(conn, tmp_path):

@@ -1,6 +1,6 @@
 """kvm_template (seal a template once) and kvm_clone's default for a sealed template: no appliance of its own.
 
-test:///default for the domains, real qcow2 files, the in-memory libguestfs stand-in of test_clone_identity.
+test:///default for the domains, real qcow2 files, the in-memory libguestfs stand-in of tests/fakes.py.
 """
 
 from __future__ import annotations
@@ -8,30 +8,30 @@ from __future__ import annotations
 import os
 import subprocess
 
-import clonelib
 import libvirt
 import pytest
-from test_clone_identity import Appliances, debian
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import seal, sysprep
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.template_manager import TemplateManager
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, StorageError
+from tests import fakes
+from tests.fakes import Appliances, debian
 
 TPL = "ut-tpl"
 
 
 @pytest.fixture
 def conn():
-    c, close = clonelib.open_conn()
+    c, close = fakes.open_conn()
     yield c
     close()
 
 
 @pytest.fixture
 def tpl(conn, tmp_path):
-    return clonelib.make_template(conn, tmp_path, TPL)
+    return fakes.make_template(conn, tmp_path, TPL)
 
 
 def guest() -> Appliances:
@@ -46,7 +46,7 @@ def guest() -> Appliances:
 
 def sealer(conn, apps, check=False, **params):
     params.setdefault("name", TPL)
-    return TemplateManager(params, clonelib.Held(conn), check, handle_factory=apps)
+    return TemplateManager(params, fakes.Held(conn), check, handle_factory=apps)
 
 
 def launches(apps) -> int:
@@ -116,7 +116,7 @@ def test_clones_of_a_sealed_template_need_no_appliance(conn, tpl, tmp_path):
     apps = guest()
     sealer(conn, apps).run()
     before = launches(apps)
-    res = clonelib.clone_manager(conn, tmp_path, template=TPL, clones=["ut-a", "ut-b"], handle_factory=apps).run()
+    res = fakes.clone_manager(conn, tmp_path, template=TPL, clones=["ut-a", "ut-b"], handle_factory=apps).run()
     assert res["changed"] is True and launches(apps) == before
     assert {c["name"]: c["identity_source"] for c in res["clones"]} == {
         "ut-a": "sealed-template",
@@ -128,7 +128,7 @@ def test_clones_of_a_sealed_template_need_no_appliance(conn, tpl, tmp_path):
     assert prov["identity_source"] == "sealed-template" and prov["identity"] is None
     assert seal.record_of(clone_root) is None  # the template's seal stays the template's
     # a rerun reads the source back from the provenance
-    again = clonelib.clone_manager(conn, tmp_path, template=TPL, clones=["ut-a", "ut-b"], handle_factory=apps).run()
+    again = fakes.clone_manager(conn, tmp_path, template=TPL, clones=["ut-a", "ut-b"], handle_factory=apps).run()
     assert again["changed"] is False and [c["identity_source"] for c in again["clones"]] == ["sealed-template"] * 2
 
 
@@ -136,19 +136,17 @@ def test_an_empty_cloud_init_still_gives_each_clone_a_seed(conn, tpl, tmp_path):
     """cloud_init: {} asks for a seed with the defaults (local-hostname: the clone's name), as documented."""
     apps = guest()
     sealer(conn, apps).run()
-    res = clonelib.clone_manager(
+    res = fakes.clone_manager(
         conn, tmp_path, template=TPL, clones=["ut-a", {"name": "ut-b", "cloud_init": {}}], handle_factory=apps
     ).run()
     assert [c.get("seed") for c in res["clones"]] == [None, str(tmp_path / "ut-b-cidata.iso")]
-    res = clonelib.clone_manager(
-        conn, tmp_path, template=TPL, clones=["ut-c"], cloud_init={}, handle_factory=apps
-    ).run()
+    res = fakes.clone_manager(conn, tmp_path, template=TPL, clones=["ut-c"], cloud_init={}, handle_factory=apps).run()
     assert res["clones"][0]["seed"] == str(tmp_path / "ut-c-cidata.iso") and (tmp_path / "ut-c-cidata.iso").is_file()
 
 
 def test_an_unsealed_template_gets_the_offline_reset(conn, tpl, tmp_path):
     apps = guest()
-    res = clonelib.clone_manager(conn, tmp_path, template=TPL, clones=["ut-a"], handle_factory=apps).run()
+    res = fakes.clone_manager(conn, tmp_path, template=TPL, clones=["ut-a"], handle_factory=apps).run()
     assert res["clones"][0]["identity_source"] == "offline-reset" and launches(apps) == 1
     assert res["clones"][0]["identity"]["done"] == list(OPERATIONS)
     # and now that a clone stands on it, the template is not sealed (sealing would write a base)
@@ -160,7 +158,7 @@ def test_an_unsealed_template_gets_the_offline_reset(conn, tpl, tmp_path):
 def test_explicit_operations_on_a_sealed_template_are_done(conn, tpl, tmp_path, operations, source):
     apps = guest()
     sealer(conn, apps).run()
-    res = clonelib.clone_manager(
+    res = fakes.clone_manager(
         conn, tmp_path, template=TPL, clones=["ut-b"], identity=dict(operations=operations), handle_factory=apps
     ).run()
     entry = res["clones"][0]

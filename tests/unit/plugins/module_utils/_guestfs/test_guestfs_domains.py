@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import stat
 import subprocess
 
 import pytest
-import test_guestfs
-from test_guestfs import FakeGuestFS, define, manager
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, GuestfsError, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import (
@@ -18,58 +15,18 @@ from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices impor
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.read import read_guests
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession
+from tests import fakes
+from tests.fakes import FS, FakeGuestFS
 
-# test_guestfs's fixture: test:///default, and the domains and manager connections it made closed at the end
-testconn = test_guestfs.testconn
 
-
-class ManyDrives(FakeGuestFS):
-    """test_guestfs's fake handle, whose filesystems each hold their own files: '/' shows what is mounted there."""
-
-    def __init__(self, content: dict, roots=(), mountpoints=None):
-        super().__init__(filesystems=dict.fromkeys(content, "ext4"), roots=roots)
-        self.content = content  # device -> {path: bytes}
-        self.per_root = mountpoints or {}
-        self.root = None
-
-    def inspect_get_mountpoints(self, root):
-        return dict(self.per_root.get(root, {"/": root}))
-
-    def inspect_get_hostname(self, root):
-        return f"host-of-{root}"
-
-    def mount_ro(self, dev, mp):
-        if dev not in self.content:
-            raise RuntimeError(f"mount_ro: {dev}: No such file or directory")
-        assert mp == "/" and self.root is None, "unmount before the next guest"
-        self.calls.append(("mount", dev))
-        self.root = dev
-
-    def umount_all(self):
-        self.calls.append("umount_all")
-        self.root = None
-
-    def _files(self):
-        return self.content[self.root] if self.root else {}
-
-    def exists(self, path):
-        return int(path in self._files() or path == "/")
-
-    def is_dir(self, path, followsymlinks=None):
-        return path == "/"
-
-    def is_file(self, path, followsymlinks=None):
-        return path in self._files()
-
-    def statns(self, path):
-        data = self._files()[path]
-        return dict(st_mode=stat.S_IFREG | 0o644, st_size=len(data), st_uid=0, st_gid=0, st_mtime_sec=1)
-
-    def pread(self, path, count, offset):
-        return self._files()[path][offset : offset + count]
-
-    def ls(self, path):
-        return sorted(p.strip("/") for p in self._files())
+def many(content: dict, roots=(), mountpoints=None) -> FakeGuestFS:
+    """A fake appliance with one filesystem per device of ``content`` (device -> {path: bytes})."""
+    devices = {}
+    for dev, files in content.items():
+        devices[dev] = FS(uuid=dev)
+        for path, data in files.items():
+            devices[dev].add(path, data)
+    return FakeGuestFS(devices=devices, roots=roots, mountpoints=mountpoints)
 
 
 def three_clones():
@@ -108,24 +65,23 @@ def test_a_part_names_its_guests_devices():
 
 
 def test_one_launch_reads_every_domain_with_its_own_mounts():
-    h = ManyDrives(three_clones())
+    h = many(three_clones())
     r = read_guests(session(h), parts_of(groups()), paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
     assert h.launches == 1 and r["appliance"]["launches"] == 1 and len(h.drives) == 3
     assert all(opts["readonly"] for _path, opts in h.drives)
     assert hostnames(r) == {"c0": "clone-a\n", "c1": "clone-b\n", "c2": "clone-c\n"}
-    mounted = [("mount", f"/dev/sd{x}1") for x in "abc"]
-    assert [c for c in h.calls if c not in ("inspect_os", "shutdown")] == [
-        step for m in mounted for step in (m, "umount_all")
+    mounted = [("mount_ro", f"/dev/sd{x}1", "/") for x in "abc"]
+    assert [e for e in h.events if e[0] in ("mount_ro", "umount_all")] == [
+        step for m in mounted for step in (m, ("umount_all",))
     ]
     assert r["files"] == {} and r["inspection"] is None and r["changed"] is False
 
 
 def test_inspection_runs_once_and_each_guest_gets_its_own_root():
     # clones share filesystem UUIDs: libguestfs resolves every fstab to the first clone's device
-    mountpoints = {f"/dev/sd{x}1": {"/": "/dev/sda1"} for x in "abc"}
-    h = ManyDrives(three_clones(), roots=["/dev/sda1", "/dev/sdb1", "/dev/sdc1"], mountpoints=mountpoints)
+    h = many(three_clones(), roots=["/dev/sda1", "/dev/sdb1", "/dev/sdc1"], mountpoints={"/": "/dev/sda1"})
     r = read_guests(session(h), parts_of(groups()), paths=["/etc/hostname"])
-    assert h.calls.count("inspect_os") == 1
+    assert h.events.count(("inspect_os",)) == 1
     assert hostnames(r) == {"c0": "clone-a\n", "c1": "clone-b\n", "c2": "clone-c\n"}
     assert r["domains"]["c2"]["inspection"]["root"] == "/dev/sdc1"
     assert r["domains"]["c2"]["inspection"]["mountpoints"] == {"/": "/dev/sdc1"}
@@ -134,7 +90,7 @@ def test_inspection_runs_once_and_each_guest_gets_its_own_root():
 def test_a_guest_that_cannot_be_mounted_does_not_stop_the_others():
     content = three_clones()
     del content["/dev/sdb1"]
-    h = ManyDrives(content)
+    h = many(content)
     with pytest.raises(GuestfsError) as exc:
         read_guests(session(h), parts_of(groups()), paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
     assert "c1: Cannot mount /dev/sdb1" in exc.value.message
@@ -147,7 +103,7 @@ def test_a_guest_that_cannot_be_mounted_does_not_stop_the_others():
 def test_missing_paths_are_named_per_domain_and_dest_has_a_directory_per_domain(tmp_path):
     content = three_clones()
     content["/dev/sdc1"] = {}
-    h = ManyDrives(content)
+    h = many(content)
     with pytest.raises(GuestfsError) as exc:
         read_guests(
             session(h),
@@ -164,7 +120,7 @@ def test_missing_paths_are_named_per_domain_and_dest_has_a_directory_per_domain(
 
 
 def test_a_domain_name_unsafe_below_dest_is_refused_before_the_launch(tmp_path):
-    h = ManyDrives(three_clones())
+    h = many(three_clones())
     with pytest.raises(InvalidInput, match="below dest"):
         read_guests(session(h, 1), [Part("..", 0, 1)], paths=["/etc/hostname"], dest=str(tmp_path))
     assert h.launches == 0
@@ -180,7 +136,7 @@ def domain(testconn, tmp_path):
     def make(name, running=False):
         disk = tmp_path / f"{name}.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1M"], check=True)
-        define(testconn[0], testconn[1], name, disk, running)
+        fakes.define_domain(testconn[0], testconn[1], name, disk, running)
         return str(disk)
 
     return make
@@ -189,9 +145,9 @@ def domain(testconn, tmp_path):
 def test_manager_reads_several_domains_in_one_launch(testconn, domain):
     conn = testconn[0]
     disks = [domain(n) for n in ("vt-gd-a", "vt-gd-b")]
-    h = ManyDrives({"/dev/sda1": {"/etc/hostname": b"a\n"}, "/dev/sdb1": {"/etc/hostname": b"b\n"}})
+    h = many({"/dev/sda1": {"/etc/hostname": b"a\n"}, "/dev/sdb1": {"/etc/hostname": b"b\n"}})
     params = dict(domains=["vt-gd-a", "vt-gd-b"], paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
-    r = manager(conn, params, h).run()
+    r = fakes.guestfs_manager(conn, params, h).run()
     assert [path for path, _opts in h.drives] == disks and h.launches == 1
     assert hostnames(r) == {"vt-gd-a": "a\n", "vt-gd-b": "b\n"}
     assert r["mounted"] is False and r["appliance"]["launches"] == 1
@@ -201,23 +157,23 @@ def test_manager_refuses_unknown_and_running_domains_before_the_launch(testconn,
     conn = testconn[0]
     domain("vt-gd-off")
     domain("vt-gd-on", running=True)
-    h = ManyDrives({})
+    h = many({})
     with pytest.raises(DomainNotFound, match="vt-gd-nope, vt-gd-nada not defined"):
-        manager(conn, dict(domains=["vt-gd-off", "vt-gd-nope", "vt-gd-nada"], paths=["/x"]), h).run()
+        fakes.guestfs_manager(conn, dict(domains=["vt-gd-off", "vt-gd-nope", "vt-gd-nada"], paths=["/x"]), h).run()
     with pytest.raises(GuestfsError, match=r"running domain\(s\) vt-gd-on"):
-        manager(conn, dict(domains=["vt-gd-off", "vt-gd-on"], paths=["/x"]), h).run()
+        fakes.guestfs_manager(conn, dict(domains=["vt-gd-off", "vt-gd-on"], paths=["/x"]), h).run()
     with pytest.raises(InvalidInput, match="only used with state=read"):
-        manager(conn, dict(domains=["vt-gd-off"], state="mounted", mount_point="/mnt/x"), h).run()
+        fakes.guestfs_manager(conn, dict(domains=["vt-gd-off"], state="mounted", mount_point="/mnt/x"), h).run()
     with pytest.raises(InvalidInput, match="domains option is empty"):
-        manager(conn, dict(domains=[], paths=["/x"]), h).run()
+        fakes.guestfs_manager(conn, dict(domains=[], paths=["/x"]), h).run()
     assert h.launches == 0
 
 
 def test_domains_excludes_domain_and_disks(testconn, domain):
     conn = testconn[0]
     disk = domain("vt-gd-one")
-    h = ManyDrives({})
+    h = many({})
     for other in (dict(domain="vt-gd-one"), dict(disks=[disk])):
         with pytest.raises(InvalidInput, match="cannot be combined"):
-            manager(conn, dict(domains=["vt-gd-one"], paths=["/x"], **other), h).run()
+            fakes.guestfs_manager(conn, dict(domains=["vt-gd-one"], paths=["/x"], **other), h).run()
     assert h.launches == 0

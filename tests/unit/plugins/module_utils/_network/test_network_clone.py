@@ -7,7 +7,6 @@ seams as test_clone_manager.
 
 from __future__ import annotations
 
-import clonelib
 import libvirt
 import pytest
 
@@ -15,6 +14,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as 
 from ansible_collections.virtops.kvm.plugins.module_utils import _network_xml as nx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import attach_network
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput
+from tests import fakes
 
 TPL = "ut-ntpl"
 NET = "ut-fleetnet"
@@ -39,7 +39,7 @@ def conn():
 
 @pytest.fixture
 def tpl(conn, tmp_path):
-    return clonelib.make_template(conn, tmp_path, TPL)
+    return fakes.make_template(conn, tmp_path, TPL)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def run(conn, tmp_path, check=False, **params):
     params.setdefault("template", TPL)
     params.setdefault("identity", {"operations": []})  # blank test disks: the reset has its own tests
     params.setdefault("network", NET)
-    return clonelib.clone_manager(conn, tmp_path, check, **params).run()
+    return fakes.clone_manager(conn, tmp_path, check, **params).run()
 
 
 def hosts(net) -> list[dict]:
