@@ -11,9 +11,9 @@ import errno
 import fcntl
 import os
 import tempfile
-import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError, TimeoutExpired
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock, Deadline, wait_until
 
 LOCK_NAME = "virtops-kvm-clone.lock"
 LOCK_DIRS = ("/run/lock", "/var/lock")
@@ -22,9 +22,10 @@ LOCK_DIRS = ("/run/lock", "/var/lock")
 class HostLock:
     """An exclusive flock on ``path``, waited for up to ``timeout`` seconds."""
 
-    def __init__(self, path: str | None = None, timeout: float = 900):
+    def __init__(self, path: str | None = None, timeout: float = 900, clock: Clock = SYSTEM):
         self.path = path or default_lock_path()
         self.timeout = timeout
+        self.clock = clock
         self._fd: int | None = None
 
     def __enter__(self) -> HostLock:
@@ -32,22 +33,24 @@ class HostLock:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StorageError(f"Cannot open the clone lock file {self.path}: {exc.strerror}.") from exc
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() > deadline:
-                os.close(self._fd)
-                self._fd = None
-                raise TimeoutExpired(
-                    f"Another kvm_clone run held {self.path} for more than {self.timeout:.0f} s.",
-                    hint="Wait for it to finish, or check for a hung process holding the lock.",
-                )
-            time.sleep(0.05)
+        if wait_until(self._try_lock, Deadline(self.timeout, self.clock), 0.05):
+            return self
+        os.close(self._fd)
+        self._fd = None
+        raise TimeoutExpired(
+            f"Another kvm_clone run held {self.path} for more than {self.timeout:.0f} s.",
+            hint="Wait for it to finish, or check for a hung process holding the lock.",
+        )
+
+    def _try_lock(self) -> bool:
+        """Whether the lock is ours now (False: another process holds it)."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        return False
 
     def __exit__(self, *exc_info) -> None:
         if self._fd is not None:

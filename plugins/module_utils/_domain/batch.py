@@ -200,7 +200,7 @@ class Batch:
                     if watch is not None:
                         watches[k] = watch
             # every start is done: the boots are waited for together, in one loop
-            failures.update(wait_all(watches, self.m.sleep))
+            failures.update(wait_all(watches, self.m.clock))
             for k, error in failures.items():
                 results[k].update(failed=True, msg=error.message, error=type(error).__name__)
         out = _result(items, results)

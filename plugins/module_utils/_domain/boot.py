@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-import time
-from collections.abc import Callable
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, TimeoutExpired
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock, Deadline, wait_until
 
 # Seconds between two reads of the log.
 POLL = 0.25
@@ -77,22 +76,20 @@ class BootWatch:
         path: str,
         pattern,
         timeout: float,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ):
         self.name = name
         self.path = path
         self.pattern = pattern
         self.timeout = timeout
-        self.sleep = sleep
         self.clock = clock
         self.offset = 0
-        self.deadline = clock() + timeout
+        self.deadline = Deadline(timeout, clock)
 
     def mark(self) -> None:
         """Remember the log's length: only what is written after this counts; the timeout starts now."""
         self.offset = _size(self.path)
-        self.deadline = self.clock() + self.timeout
+        self.deadline = Deadline(self.timeout, self.clock)
 
     def seen(self) -> bool:
         """Whether the pattern is in the log after the mark (the mark drops to 0 if the log shrank)."""
@@ -107,7 +104,7 @@ class BootWatch:
         return self.pattern.search(text) is not None
 
     def expired(self) -> bool:
-        return self.clock() >= self.deadline
+        return self.deadline.passed()
 
     def timed_out(self) -> TimeoutExpired:
         return TimeoutExpired(
@@ -119,22 +116,22 @@ class BootWatch:
         )
 
     def wait(self) -> None:
-        while not self.seen():
-            if self.expired():
-                raise self.timed_out()
-            self.sleep(POLL)
+        if not wait_until(self.seen, self.deadline, POLL):
+            raise self.timed_out()
 
 
-def wait_all(watches: dict, sleep: Callable[[float], None] = time.sleep) -> dict:
+def wait_all(watches: dict, clock: Clock = SYSTEM) -> dict:
     """Wait for every watch at once (one loop, whatever their number): key -> TimeoutExpired of the late ones."""
     pending, late = dict(watches), {}
-    while pending:
+
+    def settled() -> bool:
         for key, watch in list(pending.items()):
             if watch.seen():
                 del pending[key]
             elif watch.expired():
                 late[key] = watch.timed_out()
                 del pending[key]
-        if pending:
-            sleep(POLL)
+        return not pending
+
+    wait_until(settled, Deadline(None, clock), POLL)  # each watch has its own deadline
     return late

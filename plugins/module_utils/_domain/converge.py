@@ -19,7 +19,6 @@ start.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
@@ -40,6 +39,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain.restart import
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.transitions import Transitions
 from ansible_collections.virtops.kvm.plugins.module_utils._drift import Bases, dependents, refusal, rerecord
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, state_name
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock
 
 STATES = ["present", "running", "shutdown", "destroyed", "paused", "absent", "rebooted"]
 
@@ -74,8 +74,7 @@ class DomainRun:
         *,
         scan: Callable[[], HostScan],
         warn: Callable[[str], None],
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
         from_scan: HostScan | None = None,
         defer_boot_wait: bool = False,
     ):
@@ -85,11 +84,10 @@ class DomainRun:
         self.wanted_root = wanted_root
         self.check_mode = check_mode
         self.scan = scan
-        self.sleep = sleep
         self.clock = clock
         self.ctx = DomainContext(connection, name, check_mode, from_scan)
         self.config = Config(self.ctx, p, warn)
-        self.transitions = Transitions(self.ctx, p["shutdown_timeout"], p["force"], sleep, clock)
+        self.transitions = Transitions(self.ctx, p["shutdown_timeout"], p["force"], clock)
         # a batch waits for the boots of all its domains in one loop, after every start
         self.defer_boot_wait = defer_boot_wait
         self.boot_watch: BootWatch | None = None
@@ -108,7 +106,7 @@ class DomainRun:
         if path is None:
             raise no_log(self.name)
         timeout = self.p.get("boot_timeout")
-        return BootWatch(self.name, path, marker, 180 if timeout is None else timeout, self.sleep, self.clock)
+        return BootWatch(self.name, path, marker, 180 if timeout is None else timeout, self.clock)
 
     def _check_base_drift(self, dom, root) -> None:
         """A clone whose overlay's base changed is not started (or, accepted, its base is re-recorded first)."""

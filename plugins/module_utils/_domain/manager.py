@@ -9,8 +9,6 @@ at most once per run, and only when a rule needs it (``scan``).
 
 from __future__ import annotations
 
-import time
-
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.batch import ITEM_OPTIONS, run_batch
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.boot import check_options
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.config import validate
@@ -19,6 +17,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._domain.disks import R
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.transitions import register_events
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import ScansHost
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM
 
 
 class DomainManager(ScansHost, Manager):
@@ -49,8 +48,8 @@ class DomainManager(ScansHost, Manager):
         mutually_exclusive=[("name", "domains"), ("xml", "domains")],
     )
 
-    #: sleep/clock: the waits' time source (unit tests give fake ones)
-    SEAMS = dict(sleep=time.sleep, clock=time.monotonic)
+    #: clock: the waits' time source (unit tests give a fake one)
+    SEAMS = dict(clock=SYSTEM)
 
     def domain_run(
         self, p: dict, name: str, root, check_mode: bool, warn=None, from_scan=None, defer_boot_wait=False
@@ -64,7 +63,6 @@ class DomainManager(ScansHost, Manager):
             check_mode,
             scan=self.scan,
             warn=warn or self.warn,
-            sleep=self.sleep,
             clock=self.clock,
             from_scan=from_scan,
             defer_boot_wait=defer_boot_wait,

@@ -18,8 +18,6 @@ each reads the events of its own domain.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
@@ -35,6 +33,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._scan import (
     RUNNING,
     SHUTOFF,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock, Deadline, wait_until
 
 # Seconds between two looks at a domain that is shutting down (and the event loop's tick).
 POLL = 0.25
@@ -65,24 +64,16 @@ class Transitions:
         ctx: DomainContext,
         timeout: float,
         force: bool,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ):
         self.ctx = ctx
         self.timeout = timeout
         self.force = force
-        self.sleep = sleep
         self.clock = clock
 
     def wait_inactive(self, dom, timeout: float) -> bool:
         """Whether the domain is off within ``timeout`` seconds."""
-        deadline = self.clock() + timeout
-        while True:
-            if not dom.isActive():
-                return True
-            if self.clock() >= deadline:
-                return False
-            self.sleep(POLL)
+        return bool(wait_until(lambda: not dom.isActive(), Deadline(timeout, self.clock), POLL))
 
     def _destroy(self, dom) -> None:
         lv = _deps.libvirt
@@ -189,12 +180,15 @@ class Transitions:
         timeout = self.timeout
         try:
             ctx.call("Rebooting", dom.reboot, 0)
-            deadline = self.clock() + timeout
-            while self.clock() < deadline:
-                if "reboot" in seen or (lv.VIR_DOMAIN_EVENT_STOPPED in seen and lv.VIR_DOMAIN_EVENT_STARTED in seen):
-                    break
-                pump_events()
-            else:
+            # between two looks the event loop runs (it delivers the events; nothing is seen before it ran)
+            pumping = Clock(self.clock.now, lambda _s: pump_events())
+            rebooted = wait_until(
+                lambda: (
+                    "reboot" in seen or (lv.VIR_DOMAIN_EVENT_STOPPED in seen and lv.VIR_DOMAIN_EVENT_STARTED in seen)
+                ),
+                Deadline(timeout, pumping),
+            )
+            if not rebooted:
                 if self.force:
                     ctx.note("reset after timeout")
                     ctx.call("Resetting", dom.reset, 0)

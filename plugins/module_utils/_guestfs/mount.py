@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
@@ -25,6 +24,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import TCG_HINT, mount_order, require_absolute
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Runner
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock, Deadline, wait_until
 
 PID_DIR = "/run/virtops-kvm"
 
@@ -101,14 +101,12 @@ class GuestMount:
         mount_point: str,
         pid_dir: str = PID_DIR,
         mountinfo: str = "/proc/self/mountinfo",
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ):
         self.runner = runner
         self.mount_point = os.path.normpath(require_absolute(mount_point, "mount_point"))
         self.pid_dir = pid_dir
         self.mountinfo = mountinfo
-        self.sleep = sleep
         self.clock = clock
         key = hashlib.sha256(self.mount_point.encode()).hexdigest()[:16]
         self.pid_file = os.path.join(pid_dir, f"guestmount-{key}.pid")
@@ -212,15 +210,11 @@ class GuestMount:
                 f"guestunmount {self.mount_point} failed (rc={rc}): {(err or out).strip()}",
                 hint="A process may still use files below it (see 'fuser -vm MOUNT_POINT'); stop it and retry.",
             )
-        deadline = self.clock() + timeout
-        while pid is not None and _pid_alive(pid):
-            if self.clock() > deadline:
-                raise TimeoutExpired(
-                    f"guestmount (pid {pid}) for {self.mount_point} did not exit within {timeout} s after "
-                    "guestunmount.",
-                    hint="It may still be shutting its appliance down; run the task again to wait longer.",
-                )
-            self.sleep(0.2)
+        if not wait_until(lambda: pid is None or not _pid_alive(pid), Deadline(timeout, self.clock), 0.2):
+            raise TimeoutExpired(
+                f"guestmount (pid {pid}) for {self.mount_point} did not exit within {timeout} s after guestunmount.",
+                hint="It may still be shutting its appliance down; run the task again to wait longer.",
+            )
         try:
             os.unlink(self.pid_file)
         except FileNotFoundError:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Callable
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, TimeoutExpired
 from ansible_collections.virtops.kvm.plugins.module_utils._host.files import host_path, read_text
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Runner, Which
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock, Deadline, wait_until
 
 MONOLITHIC = "libvirtd"
 MODULAR = "virtqemud"
@@ -162,8 +162,7 @@ class DirectDaemon:
         root: str = "/",
         timeout: float = 60,
         kill: Callable[[int, int], None] = os.kill,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
     ):
         self.name = name
         self.runner = runner
@@ -172,7 +171,6 @@ class DirectDaemon:
         self.root = root
         self.timeout = timeout
         self.kill = kill
-        self.sleep = sleep
         self.clock = clock
         self.daemons = [LOG_DAEMON, name]
 
@@ -206,11 +204,8 @@ class DirectDaemon:
         return None
 
     def _wait(self, what: str, done: Callable[[], bool]) -> None:
-        deadline = self.clock() + self.timeout
-        while not done():
-            if self.clock() >= deadline:
-                raise TimeoutExpired(f"Timed out after {self.timeout:g} s waiting for {what}.")
-            self.sleep(0.25)
+        if not wait_until(done, Deadline(self.timeout, self.clock), 0.25):
+            raise TimeoutExpired(f"Timed out after {self.timeout:g} s waiting for {what}.")
 
     def to_enable(self, want: bool) -> list[str]:
         return []  # nothing manages boot-time start here

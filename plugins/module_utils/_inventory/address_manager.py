@@ -13,14 +13,13 @@ clone a check-mode kvm_clone only planned) is then reported, not an error.
 
 from __future__ import annotations
 
-import time
-
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._inventory import addresses
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Deadline, wait_until
 
 FAMILIES = ("ipv4", "ipv6", "any")
 
@@ -35,8 +34,8 @@ class AddressManager(Manager):
         wait=dict(type="bool", default=True),
         timeout=dict(type="int", default=300),
     )
-    #: the clock and sleep of the wait loop (unit tests give their own)
-    SEAMS = dict(clock=time.monotonic, sleep=time.sleep, interval=2.0)
+    #: the clock of the wait loop (unit tests give a fake one) and the seconds between two polls
+    SEAMS = dict(clock=SYSTEM, interval=2.0)
 
     def __init__(self, params: dict, *args, **kwargs):
         # the guest agent answers only on a read-write connection
@@ -51,8 +50,7 @@ class AddressManager(Manager):
 
     def run(self) -> dict:
         lv = _deps.libvirt
-        start = self.clock()
-        deadline = start + self.p["timeout"]
+        deadline = Deadline(self.p["timeout"], self.clock)
         doms, results = {}, {}
         for n in self.names:
             try:
@@ -67,17 +65,17 @@ class AddressManager(Manager):
                 hint="Create them first (virtops.kvm.kvm_clone), or fix the names.",
             )
         pending = list(doms)
-        while True:
+
+        def settled() -> bool:
             for n in list(pending):
                 found = self._poll(doms[n])
                 results[n] = found
                 if found["address"] is not None or found.pop("final", False):
                     pending.remove(n)
-            now = self.clock()
-            if not pending or not self.p["wait"] or self.check_mode or now >= deadline:
-                break
-            self.sleep(min(self.interval, max(deadline - now, 0)))
-        waited = round(self.clock() - start, 1)
+            return not pending or not self.p["wait"] or self.check_mode
+
+        wait_until(settled, deadline, self.interval, cap=True)  # the last sleep ends at the deadline
+        waited = round(deadline.elapsed(), 1)
         out = dict(
             changed=False,
             addresses={n: results[n] for n in self.names},

@@ -10,11 +10,11 @@ call cannot be interrupted), so it never holds up the caller or its exit.
 from __future__ import annotations
 
 import threading
-import time
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._inventory import read
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock, Deadline
 
 
 def _quiet() -> None:
@@ -22,7 +22,7 @@ def _quiet() -> None:
     _deps.libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def gather(parsed: list[dict], sources: list[str], timeout: float) -> list[dict]:
+def gather(parsed: list[dict], sources: list[str], timeout: float, clock: Clock = SYSTEM) -> list[dict]:
     """``[{uri, hypervisor, ok, error, domains}]`` in the order of ``parsed`` (see ``uris.parse_all``).
 
     Errors other than the collection's own and libvirt's are raised again here, in the caller's thread.
@@ -45,9 +45,9 @@ def gather(parsed: list[dict], sources: list[str], timeout: float) -> list[dict]
         t = threading.Thread(target=work, args=(index, p), name=f"virtops-inventory-{index}", daemon=True)
         t.start()
         threads.append(t)
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout, clock)
     for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
+        t.join(deadline.remaining())
 
     results = []
     for index, p in enumerate(parsed):

@@ -10,12 +10,10 @@ timeout the job is cancelled, which leaves the chain as it was.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import LibvirtFailed, TimeoutExpired
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.context import SnapshotContext
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock, Deadline, backoff, wait_until
 
 # Seconds between two looks at a block job: from FIRST_POLL, doubling up to POLL (small jobs end in ms).
 FIRST_POLL = 0.01
@@ -25,16 +23,9 @@ POLL = 0.25
 class BlockJobs:
     """Commit and pull on the disks of ``ctx``'s running domain."""
 
-    def __init__(
-        self,
-        ctx: SnapshotContext,
-        timeout: float,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ):
+    def __init__(self, ctx: SnapshotContext, timeout: float, clock: Clock = SYSTEM):
         self.ctx = ctx
         self.timeout = timeout
-        self.sleep = sleep
         self.clock = clock
 
     def _info(self, target: str) -> dict:
@@ -52,25 +43,17 @@ class BlockJobs:
             hint="Raise the timeout option (a large layer on a busy host takes longer).",
         )
 
-    def _pause(self, delay: float) -> float:
-        """Sleep ``delay`` seconds; the next delay (doubled, at most POLL)."""
-        self.sleep(delay)
-        return min(delay * 2, POLL)
-
     def _wait_gone(self, target: str, what: str) -> None:
-        deadline = self.clock() + self.timeout
-        delay = FIRST_POLL
-        while self._info(target):
-            if self.clock() >= deadline:
-                self._give_up(target, what)
-            delay = self._pause(delay)
+        if not wait_until(
+            lambda: not self._info(target), Deadline(self.timeout, self.clock), backoff(FIRST_POLL, POLL)
+        ):
+            self._give_up(target, what)
 
     def _pivot(self, target: str) -> None:
         """Wait until the active commit is ready, then switch the disk to the base."""
         lv = _deps.libvirt
-        deadline = self.clock() + self.timeout
-        delay = FIRST_POLL
-        while True:
+
+        def pivoted() -> bool:
             info = self._info(target)
             if not info:
                 raise LibvirtFailed(
@@ -81,12 +64,13 @@ class BlockJobs:
             if info.get("cur") == info.get("end"):
                 try:
                     self.ctx.dom.blockJobAbort(target, lv.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-                    break
+                    return True
                 except lv.libvirtError:
                     pass  # not ready for the pivot yet: look again
-            if self.clock() >= deadline:
-                self._give_up(target, "block commit")
-            delay = self._pause(delay)
+            return False
+
+        if not wait_until(pivoted, Deadline(self.timeout, self.clock), backoff(FIRST_POLL, POLL)):
+            self._give_up(target, "block commit")
         self._wait_gone(target, "block commit")
 
     def commit(self, target: str, base: str, top: str, active: bool) -> None:

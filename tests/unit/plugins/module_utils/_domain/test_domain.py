@@ -28,6 +28,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     TimeoutExpired,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, state_name
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock, FakeClock
 
 URI = "test:///default"
 
@@ -67,7 +68,7 @@ def run(name, check=False, **params):
     base.update(params)
     c = Connection(URI)
     try:
-        return DomainManager(base, c, check, sleep=lambda _s: None).run()
+        return DomainManager(base, c, check, clock=Clock(sleep=lambda _s: None)).run()
     finally:
         c.close()
 
@@ -396,9 +397,9 @@ class _DeafDomain:
 
 @pytest.mark.parametrize("force", [False, True])
 def test_shutdown_waits_with_the_clock_seam(force):
-    now = [0.0]
+    clock = FakeClock()
     ctx = DomainContext(Connection(URI), "deaf", check_mode=False)
-    machine = Transitions(ctx, 3, force, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0])
+    machine = Transitions(ctx, 3, force, clock=clock)
     dom = _DeafDomain()
     if force:
         machine.stop(dom, 1)
@@ -407,7 +408,7 @@ def test_shutdown_waits_with_the_clock_seam(force):
         with pytest.raises(TimeoutExpired, match="did not shut down within 3 s"):
             machine.stop(dom, 1)
         assert dom.active
-    assert now[0] == pytest.approx(3.0)
+    assert clock.now() == pytest.approx(3.0)
 
 
 def test_one_host_scan_per_run_and_only_when_needed(conn, name, tmp_path, monkeypatch):

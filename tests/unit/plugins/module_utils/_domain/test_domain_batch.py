@@ -22,6 +22,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     TimeoutExpired,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, state_name
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock, FakeClock
 
 URI = "test:///default"
 # test_domain's fixtures: one test:///default connection kept open per module, and its virConnect
@@ -51,7 +52,7 @@ def run(check=False, sleep=lambda _s: None, **params):
     base.update(params)
     c = Connection(URI)
     try:
-        return DomainManager(base, c, check, sleep=sleep).run()
+        return DomainManager(base, c, check, clock=Clock(sleep=sleep)).run()
     finally:
         c.close()
 
@@ -349,12 +350,7 @@ def test_name_may_come_from_the_xml_alone(conn, names):
 def test_boot_watch_counts_only_what_comes_after_the_mark(tmp_path):
     log = tmp_path / "serial.log"
     log.write_text("old boot\nUP hostname=a\n")
-    now = [0.0]
-
-    def sleep(s):
-        now[0] += s
-
-    watch = BootWatch("d", str(log), compile_marker(r"UP hostname=\S+"), 2, sleep, lambda: now[0])
+    watch = BootWatch("d", str(log), compile_marker(r"UP hostname=\S+"), 2, FakeClock())
     watch.mark()
     assert not watch.seen()
     with pytest.raises(TimeoutExpired, match=r"did not print .* within 2 s") as exc:

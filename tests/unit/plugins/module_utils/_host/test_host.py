@@ -17,6 +17,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._host import daemons, packages, probe, versions
 from ansible_collections.virtops.kvm.plugins.module_utils._host import manager as host_manager
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import FakeClock
 
 INTEL = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -646,20 +647,9 @@ class FakeProcs:
         os.unlink(os.path.join(self.root, f"proc/{pid}/status"))
 
 
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 def direct(tmp_path, runner, ping=lambda: True, timeout=5.0, procs=None):
     procs = procs or FakeProcs(tmp_path)
-    clock = Clock()
+    clock = FakeClock()
     svc = daemons.DirectDaemon(
         "libvirtd",
         runner,
@@ -668,7 +658,6 @@ def direct(tmp_path, runner, ping=lambda: True, timeout=5.0, procs=None):
         root=str(tmp_path),
         timeout=timeout,
         kill=procs.kill,
-        sleep=clock.sleep,
         clock=clock,
     )
     return svc, procs, clock
@@ -736,7 +725,7 @@ def test_direct_start_timeout_is_bounded(tmp_path):
     svc, _runner, clock = direct(tmp_path, starting_runner(procs), ping=lambda: False, timeout=3, procs=procs)
     with pytest.raises(TimeoutExpired, match="libvirtd to answer on qemu:///system"):
         svc.start()
-    assert 3 <= clock.now < 4
+    assert 3 <= clock.now() < 4
 
 
 def test_direct_start_daemon_that_never_writes_its_pid(tmp_path):

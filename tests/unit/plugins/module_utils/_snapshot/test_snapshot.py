@@ -30,6 +30,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.blockjob imp
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.context import SnapshotContext
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.info import SnapshotInfoManager
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock
 
 DOM = "ut-snap"
 
@@ -521,8 +522,9 @@ class FakeDom:
 def jobs(fake, timeout=5, sleeps=None):
     ctx = SnapshotContext(Held(None), DOM, False, runner)
     ctx._dom = fake  # pylint: disable=protected-access
-    clock = iter(range(1000))
-    return BlockJobs(ctx, timeout, sleep=(sleeps if sleeps is not None else []).append, clock=lambda: next(clock))
+    ticks = iter(range(1000))  # one second more at each look at the time
+    clock = Clock(lambda: next(ticks), (sleeps if sleeps is not None else []).append)
+    return BlockJobs(ctx, timeout, clock=clock)
 
 
 def test_active_commit_pivots_once_ready():
