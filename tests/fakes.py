@@ -1,8 +1,9 @@
 """The unit tests' shared fakes and fixtures: ``from tests import fakes`` (no test file imports another).
 
 - libvirt's test:///default driver with real qemu-img: ``open_conn``, ``template_xml``, ``make_template``,
-  ``clone_manager``, ``Held`` (a manager's connection holding an open virConnect), ``runner`` (a real
-  program, an argument list, no shell) and ``FakeRunner`` (canned results, calls recorded);
+  ``qcow2``, ``disk_domain``, ``dom_disk``, ``external_snapshot``, ``clone_manager``, ``Held`` (a manager's
+  connection holding an open virConnect), ``runner`` (a real program, an argument list, no shell) and
+  ``FakeRunner`` (canned results, calls recorded);
 - libguestfs in memory: ``FS`` (one guest filesystem), ``debian()`` (a used Debian-like template),
   ``FakeGuestFS`` (the appliance handle, for _guestfs's reads and _clone's identity reset alike) and
   ``Appliances`` (a handle_factory: one new fake per launch over the same disk images);
@@ -74,6 +75,41 @@ def make_template(conn, folder, name: str, size: str = "16M"):
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), size], check=True)
     conn.defineXML(template_xml(name, str(base)))
     return base
+
+
+def qcow2(path, backing=None):
+    """A real qcow2 file at ``path``: blank (16M), or an overlay of ``backing``; returns ``path``."""
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    argv += ["-b", str(backing), "-F", "qcow2", str(path)] if backing else [str(path), "16M"]
+    subprocess.run(argv, check=True, capture_output=True)
+    return path
+
+
+def disk_domain(conn, name: str, disk):
+    """A shut-off test:///default domain whose one disk is the qcow2 file ``disk``."""
+    return conn.defineXML(
+        f"<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+        "<os><type arch='x86_64'>hvm</type></os><devices><disk type='file' device='disk'>"
+        f"<driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"
+        "</devices></domain>"
+    )
+
+
+def dom_disk(dom) -> str:
+    """The source file of a domain's first disk (its inactive definition)."""
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    return xml.split("<source file='", 1)[1].split("'", 1)[0]
+
+
+def external_snapshot(dom, snap: str, base, overlay) -> None:
+    """Record an external snapshot as libvirt does: its overlay, and the definition at that time (its base)."""
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).replace(str(dom_disk(dom)), str(base))
+    dom.snapshotCreateXML(
+        f"<domainsnapshot><name>{snap}</name><state>shutoff</state><creationTime>1000</creationTime>"
+        "<memory snapshot='no'/><disks><disk name='vda' snapshot='external' type='file'><driver type='qcow2'/>"
+        f"<source file='{overlay}'/></disk></disks>{xml}</domainsnapshot>",
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE,
+    )
 
 
 def clone_manager(conn, tmp_path, check_mode: bool = False, **params) -> CloneManager:

@@ -13,6 +13,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflic
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import transfer
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_xml as vx
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.volume_manager import VolumeManager
+from tests import fakes
 
 URI = "test:///default"
 GIB = 1024**3
@@ -27,7 +28,7 @@ def pool(conn):
     yield name
     for dom in conn.listAllDomains(0):
         if dom.name().startswith(name):
-            dom.undefine()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
     for vol in p.listAllVolumes(0):
         vol.delete(0)
     p.destroy()
@@ -316,3 +317,32 @@ def test_download_writes_and_hashes(tmp_path):
     assert transfer.download(FakeConn(FakeStream(data)), FakeVol(), None, 0, transfer.Meter()) == digest
     assert transfer.file_digest(str(out)) == (digest, len(data))
     assert transfer.file_digest(str(out), limit=5) == (hashlib.sha256(data[:5]).hexdigest(), 5)
+
+
+# --------------------------------------------------------------------------- the host's write guard (HostScan)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_volume_a_snapshot_stands_on_is_not_resized_or_deleted(conn, tmp_path, pool, check):
+    run(pool, "v.qcow2", size="1G")
+    path = f"/{pool}/v.qcow2"
+    dom = fakes.disk_domain(conn, f"{pool}-owner", fakes.qcow2(tmp_path / "now.qcow2"))
+    fakes.external_snapshot(dom, "s1", path, tmp_path / "layer.qcow2")
+    with pytest.raises(Conflict, match=rf"not resized: snapshot s1 of domain {pool}-owner"):
+        run(pool, "v.qcow2", check, size="2G")
+    with pytest.raises(Conflict, match=rf"not deleted: snapshot s1 of domain {pool}-owner"):
+        run(pool, "v.qcow2", check, state="absent")
+    vol = conn.storagePoolLookupByName(pool).storageVolLookupByName("v.qcow2")
+    assert vol.info()[1] == 1024**3
+
+
+def test_a_download_never_replaces_a_base(conn, tmp_path, pool):
+    run(pool, "v.img", size="1M", format="raw")
+    base = fakes.qcow2(tmp_path / "base.qcow2")
+    fakes.qcow2(tmp_path / "over.qcow2", base)
+    before = base.read_bytes()
+    with pytest.raises(
+        StorageError, match=r"Refusing to download volume .* over .*base.qcow2.*over.qcow2 \(an overlay file\)"
+    ):
+        run(pool, "v.img", download=str(base), force=True)
+    assert base.read_bytes() == before
