@@ -6,7 +6,9 @@ before they write, start, read or delete: which domains exist (names, UUIDs,
 MACs, states), and which domains or image files use a given file. A
 ``HostScan`` answers all of them from one pass over every domain, taken once
 per run (under the clone lock where one is held). A domain undefined by
-someone else while the scan reads it is simply not in the scan.
+someone else while the scan reads it is simply not in the scan. The
+inventory, kvm_host_info and kvm_migrate read their domains from a scan too:
+there is one way to list a host's domains, and one to say who uses a file.
 
 The rule, in ``HostScan.users``: a file is used by
 
@@ -16,6 +18,10 @@ The rule, in ``HostScan.users``: a file is used by
 * an image file in the same directory whose backing chain contains it, and
   which no domain uses as a disk (``relation: file``): an overlay somebody
   made by hand with ``qemu-img create -b`` is as dependent as a defined clone.
+
+``dependants`` adds every domain's snapshot layers (the write guard, ``guard``);
+``held`` adds the disks and recorded bases of the other domains (what
+kvm_migrate never deletes from the source).
 """
 
 from __future__ import annotations
@@ -85,9 +91,13 @@ def lookup_domain(conn, name: str):
 
 
 class ScannedDomain:
-    """One domain as the scan saw it: handle, identity, state and parsed XML."""
+    """One domain as the scan saw it: handle, identity, state and its XML (parsed when first read).
 
-    __slots__ = ("active", "dom", "inactive", "live", "name", "persistent", "reason", "state", "uuid")
+    Both XML documents are fetched with the rest (the scan is one moment); lxml parses them only
+    when asked, so a reader of states and counts (kvm_host_info) needs libvirt-python alone.
+    """
+
+    __slots__ = ("_docs", "_xml", "active", "dom", "name", "persistent", "reason", "state", "uuid")
 
     def __init__(self, dom):
         lv = _deps.libvirt
@@ -97,8 +107,30 @@ class ScannedDomain:
         self.state, self.reason = dom.state()
         self.active = bool(dom.isActive())
         self.persistent = bool(dom.isPersistent())
-        self.live = dx.parse(dom.XMLDesc(0)) if self.active else None
-        self.inactive = dx.parse(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)) if self.persistent else self.live
+        live = dom.XMLDesc(0) if self.active else None
+        self._xml = (live, dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE) if self.persistent else None)
+        self._docs: dict = {}
+
+    def _doc(self, which: int):
+        if which not in self._docs:
+            text = self._xml[which]
+            self._docs[which] = dx.parse(text) if text is not None else None
+        return self._docs[which]
+
+    @property
+    def live(self):
+        """The running domain's XML, or None when it is not active."""
+        return self._doc(0)
+
+    @property
+    def inactive(self):
+        """Its persistent definition (a transient domain's: the live XML)."""
+        return self._doc(1) if self.persistent else self.live
+
+    @property
+    def current(self):
+        """The XML in force now: live when it runs, else the definition."""
+        return self.live if self.live is not None else self.inactive
 
     @property
     def macs(self) -> set[str]:
@@ -106,6 +138,28 @@ class ScannedDomain:
         if self.live is not None:
             out |= set(dx.macs(self.live))
         return out
+
+    def disk_paths(self) -> list[str]:
+        """The source paths of its disks now (``current``), in XML order."""
+        return [d["path"] for d in dx.disks(self.current) if d["path"]]
+
+    def vcpus(self) -> int | None:
+        """The vCPUs online now (``<vcpu current=...>``, else its count), from ``current``."""
+        el = self.current.find("vcpu")
+        try:
+            return int(el.get("current") or el.text) if el is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def memory_mib(self) -> int | None:
+        """Its current memory (``<currentMemory>``, else ``<memory>``) in whole MiB, from ``current``."""
+        for tag in ("currentMemory", "memory"):
+            el = self.current.find(tag)
+            if el is not None:
+                kib = dx.to_kib(el.text, el.get("unit"))
+                if kib is not None:
+                    return kib // 1024
+        return None
 
 
 class HostScan:
@@ -305,6 +359,21 @@ class HostScan:
                 hint="Work on a clone of it instead, or remove what stands on it first.",
                 dependants=sorted({w for who in found.values() for w in who}),
             )
+
+    def held(self, paths, but: str) -> set[str]:
+        """Those of ``paths`` that something besides domain ``but`` stands on: never deleted with it.
+
+        ``dependants()`` (the write guard's rule), plus a path another domain has as a disk or names as
+        the base kvm_clone recorded for its overlay, matched as written: a record names a base even where
+        this machine cannot read the files to follow a chain (kvm_migrate's source may be another host).
+        """
+        named = set()
+        for d in self.domains.values():
+            if d.name != but:
+                named.update(x["path"] for x in dx.disks(d.inactive) if x["path"])
+                created = (dx.provenance(d.inactive) or {}).get("created_disks", [])
+                named.update(c["base"] for c in created if c.get("base"))
+        return {p for p in paths if p in named or self.dependants(p, but)}
 
     def dependents(self, path: str, exclude: str | None = None) -> list[str]:
         """What stands on ``path`` (backs it or holds it as a snapshot layer), other than domain ``exclude``."""

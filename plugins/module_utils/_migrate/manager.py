@@ -138,13 +138,15 @@ class MigrateManager(Manager):
         if self.check_mode:
             for d in disks:
                 d["result"] = "planned"
-            return self._result(True, name, mode, disks, removed=plan_mod.removable(prov, disks, self._in_use(name)))
+            return self._result(
+                True, name, mode, disks, removed=plan_mod.removable(prov, disks, self._in_use(name, disks))
+            )
         if mode == "live":
             transfer = self._live(sdom, dest.conn, disks)
         else:
             transfer = self._offline(sdom, dest.conn, root, disks)
         removed = []
-        for path in plan_mod.removable(prov, disks, self._in_use(name)):
+        for path in plan_mod.removable(prov, disks, self._in_use(name, disks)):
             try:
                 if self.src_files.delete(path):
                     removed.append(path)
@@ -167,25 +169,10 @@ class MigrateManager(Manager):
             )
         return "live" if active else "offline"
 
-    def _in_use(self, name: str) -> set:
-        """Paths on the source that something besides domain ``name`` stands on: never deleted after the move.
-
-        The host scan's one rule (other domains' disks and backing chains, overlay files, snapshot
-        layers), plus the bases other domains' overlays recorded (kvm_clone's provenance), which
-        name a base even when this machine cannot read the source's files to follow a chain.
-        """
-        scan = HostScan.take(self.conn)
-        out = set()
-        for d in scan.domains.values():
-            if d.name == name:
-                continue
-            out.update(x["path"] for x in dx.disks(d.inactive) if x["path"])
-            out.update(c["base"] for c in (dx.provenance(d.inactive) or {}).get("created_disks", []) if c.get("base"))
-        root = scan.domains[name].inactive if name in scan.domains else None
-        for disk in dx.disks(root) if root is not None else []:
-            if disk["path"] and scan.dependants(disk["path"], name):
-                out.add(disk["path"])
-        return out
+    def _in_use(self, name: str, disks: list) -> set:
+        """The moved disks' paths on the source that something besides domain ``name`` stands on (``HostScan.held``)."""
+        moved = [d["path"] for d in disks if d.get("action") in ("top", "whole")]
+        return HostScan.take(self.conn).held(moved, but=name)
 
     # ------------------------------------------------------------------ live
     def _live(self, sdom, dconn, disks: list) -> dict:
