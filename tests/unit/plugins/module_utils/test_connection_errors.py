@@ -482,7 +482,30 @@ def test_the_inventory_gets_the_modules_messages(monkeypatch):
 
     monkeypatch.setattr(libvirt, "openReadOnly", rejected)
     with pytest.raises(HostKeyRejected, match=r"does not know the host key of 127\.0\.77\.2 port 2299"):
-        read.open_uri(uris.parse(SSH), readonly=True)
+        read.read_uri(uris.parse(SSH), ["lease"])  # no agent: read-only, through the modules' Connection
+
+
+def test_the_inventory_opens_like_the_modules_bounded_and_kept_alive(monkeypatch):
+    """read_uri goes through Connection: the open timeout and keepalive of every module, not a raw open."""
+    release = threading.Event()
+    opened = []
+
+    def hanging_open(uri):
+        opened.append(uri)
+        release.wait(10)
+        raise lv_error("Cannot recv data: Connection reset by peer")
+
+    monkeypatch.setenv(c.OPEN_TIMEOUT_ENV, "0.3")
+    monkeypatch.setattr(libvirt, "openReadOnly", hanging_open)
+    try:
+        with pytest.raises(ConnectionFailed, match=r"did not finish within 0\.3 s: 127\.0\.77\.2 port 2299 accepts"):
+            read.read_uri(uris.parse(SSH), ["lease", "arp"])
+    finally:
+        release.set()
+    assert opened == [SSH]
+    seen = []
+    monkeypatch.setattr(c.Connection, "_start_keepalive", staticmethod(lambda conn, *ka: seen.append(ka) or (0, 0)))
+    assert read.read_uri(uris.parse("test:///default"), ["agent"]) and seen == [c.keepalive_settings()]
 
 
 # --------------------------------------------------------------------------- an open that does not come back
