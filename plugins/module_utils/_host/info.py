@@ -19,8 +19,11 @@ domain that is not running):
   (with ``<memballoon model='none'/>`` never). ``info()``'s current memory of an
   inactive domain is only that ``<currentMemory>`` wish, not what it will take.
 
-Domains are read one after the other, not atomically: one undefined by someone
-else while the list is read is left out (neither listed nor counted).
+Domains are listed by ``_scan.HostScan`` (the collection's one reading of a host's
+domains; their XML is fetched but, never read here, not parsed: no lxml needed), one
+after the other, not atomically: one undefined by someone else while the list is
+read is left out (neither listed nor counted). The question here is what the
+domains take, not who uses a file, so the counts come from ``dom.info()`` below.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import call, libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
+from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
 # Written by the kvm_drain role on a hypervisor in maintenance: placement keeps new clones off it.
 DRAIN_MARKER = "/var/lib/virtops-kvm/drained.json"
@@ -63,9 +67,8 @@ def host_info(conn) -> tuple[dict, list[str]]:
     # [model, memory MiB, logical CPUs online, MHz, NUMA nodes, sockets per node, cores, threads]
     node = call("Reading the hypervisor's node info", conn.getInfo)
     free_bytes = call("Reading the hypervisor's free memory", conn.getFreeMemory)
-    listed = call("Listing the domains", conn.listAllDomains, 0)
-
-    usages = [u for u in (domain_usage(dom) for dom in listed) if u is not None]
+    scan = HostScan.take(conn)  # the collection's one reading of a host's domains
+    usages = [u for u in (domain_usage(d.dom) for d in scan.domains.values()) if u is not None]
     running = [u for u in usages if u["active"]]
     host = dict(
         hostname=hostname,

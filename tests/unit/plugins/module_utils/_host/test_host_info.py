@@ -215,3 +215,21 @@ def test_the_drain_marker_says_drained_and_where_domains_went(tmp_path):
     assert drain_state(str(marker)) == {"drained": True, "drained_moved": {"stu-01": "hv1"}}
     marker.write_text("not json")
     assert drain_state(str(marker)) == {"drained": True, "drained_moved": {}}
+
+
+def test_the_domains_come_from_the_host_scan_and_need_no_lxml(conn, name, monkeypatch):
+    from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _scan
+
+    conn.defineXML(grows(name))
+    taken = []
+    real = _scan.HostScan.take.__func__
+
+    def counting(cls, c):
+        taken.append(c)
+        return real(cls, c)
+
+    monkeypatch.setattr(_scan.HostScan, "take", classmethod(counting))
+    monkeypatch.setattr(_deps, "etree", None)  # kvm_host_info needs libvirt-python only
+    host, names = info.host_info(conn)
+    assert taken == [conn] and name in names and host["domains_total"] == len(names)
+    conn.lookupByName(name).undefine()
