@@ -232,4 +232,3 @@ def test_the_domains_come_from_the_host_scan_and_need_no_lxml(conn, name, monkey
     monkeypatch.setattr(_deps, "etree", None)  # kvm_host_info needs libvirt-python only
     host, names = info.host_info(conn)
     assert taken == [conn] and name in names and host["domains_total"] == len(names)
-    conn.lookupByName(name).undefine()
