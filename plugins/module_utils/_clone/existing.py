@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import NONE, REMOVE, REMOVE_XML, UPDATE, Item
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import SEED_SUFFIX
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import clone_disk_path
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, KvmError, StorageError
@@ -116,7 +117,7 @@ def plan_existing(
     domain_type: str,
     dest_dir: str | None,
     xml_dir: str | None,
-) -> dict:
+) -> Item:
     """The item for a clone that exists: nothing, or start / autostart / write its XML file."""
     prov = dx.provenance(found.inactive)
     if prov is None or prov.get("created_by") != "virtops.kvm":
@@ -153,8 +154,8 @@ def plan_existing(
             with open(path, encoding="utf-8") as f:
                 if f.read() != xml_text:
                     actions.append("write_xml")
-    return dict(
-        action="update" if actions else "none",
+    return Item(
+        action=UPDATE if actions else NONE,
         actions=actions,
         spec=s,
         name=s["name"],
@@ -171,13 +172,13 @@ def plan_existing(
     )
 
 
-def plan_absent(s: dict, found: ScannedDomain | None, tpl: dict | None, xml_dir: str | None) -> dict:
+def plan_absent(s: dict, found: ScannedDomain | None, tpl: dict | None, xml_dir: str | None) -> Item:
     """The item for a clone to remove: the domain, and the files it created that it still uses."""
     if found is None:
         path = xml_path(xml_dir, s["name"])
         stale_xml = path if path and our_xml_file(path, s["name"], None) else None
-        return dict(
-            action="remove_xml" if stale_xml else "none",
+        return Item(
+            action=REMOVE_XML if stale_xml else NONE,
             spec=s,
             name=s["name"],
             uuid=None,
@@ -212,8 +213,8 @@ def plan_absent(s: dict, found: ScannedDomain | None, tpl: dict | None, xml_dir:
         elif c["path"] in in_use:
             files.append(dict(path=c["path"], nvram=False))
     xml_paths = _xml_files_to_remove(prov, xml_dir, s["name"], found.uuid)
-    return dict(
-        action="remove",
+    return Item(
+        action=REMOVE,
         spec=s,
         name=s["name"],
         uuid=found.uuid,

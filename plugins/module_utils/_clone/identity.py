@@ -25,6 +25,7 @@ import re
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.layout import find_layout
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import Item
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError, run_operations
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import parts_of
@@ -159,13 +160,13 @@ def clone_plan(spec: dict, cfg: dict) -> dict | None:
 MAX_DRIVES = 250
 
 
-def chunks(items: list[dict], limit: int | None = None) -> list[list[dict]]:
+def chunks(items: list[Item], limit: int | None = None) -> list[list[Item]]:
     """``items`` in order, cut so that no appliance gets more than ``limit`` drives (a clone is never split)."""
     limit = limit or MAX_DRIVES
-    out: list[list[dict]] = []
+    out: list[list[Item]] = []
     drives = 0
     for item in items:
-        n = max(1, len(item["disks"]))
+        n = max(1, len(item.disks))
         if out and drives + n <= limit:
             out[-1].append(item)
             drives += n
@@ -175,13 +176,13 @@ def chunks(items: list[dict], limit: int | None = None) -> list[list[dict]]:
     return out
 
 
-def reset_batch(items: list[dict], cfg: dict, force_tcg: bool, handle_factory=None) -> tuple[dict, list[str]]:
+def reset_batch(items: list[Item], cfg: dict, force_tcg: bool, handle_factory=None) -> tuple[dict, list[str]]:
     """Reset every item's identity in one appliance: (name -> ``{ok, report | error}``, warnings).
 
     ``items`` are new clones whose disk files exist and that no domain uses
     yet (each with ``identity`` from ``clone_plan`` and its ``disks``).
     """
-    groups = [(i["name"], [dict(path=d["path"], format=d["format"]) for d in i["disks"]]) for i in items]
+    groups = [(i.name, [dict(path=d["path"], format=d["format"]) for d in i.disks]) for i in items]
     parts = parts_of(groups)
     drives = [d for _n, ds in groups for d in ds]
     # two vCPUs: under software emulation the appliance's start with many drives is ~25% faster
@@ -193,19 +194,19 @@ def reset_batch(items: list[dict], cfg: dict, force_tcg: bool, handle_factory=No
             session.launch()
         except GuestfsError as exc:
             why = f"identity reset: {exc.message}"
-            return {i["name"]: dict(ok=False, error=why) for i in items}, session.warnings
+            return {i.name: dict(ok=False, error=why) for i in items}, session.warnings
         mounts = cfg["mounts"]
         if mounts is None:  # one layout for the batch: inspection of every disk costs ~8 s each under TCG
             try:
                 mounts = find_layout(session.g, parts[0])
             except GuestfsError as exc:
-                return {i["name"]: dict(ok=False, error=f"identity reset: {exc.message}") for i in items}, []
+                return {i.name: dict(ok=False, error=f"identity reset: {exc.message}") for i in items}, []
             except RuntimeError as exc:
                 why = f"identity reset: reading the first clone's filesystems failed: {runtime_message(exc)}"
-                return {i["name"]: dict(ok=False, error=why) for i in items}, []
+                return {i.name: dict(ok=False, error=why) for i in items}, []
         for part, item in zip(parts, items):
             where = "identity.mounts" if cfg["mounts"] else "the layout found on the batch's first clone"
-            out[item["name"]] = _reset_one(session, part, item, mounts, where)
+            out[item.name] = _reset_one(session, part, item, mounts, where)
         try:
             session.g.sync()
         except RuntimeError as exc:  # the writes may not have reached the disks
@@ -216,8 +217,8 @@ def reset_batch(items: list[dict], cfg: dict, force_tcg: bool, handle_factory=No
     return out, session.warnings
 
 
-def _reset_one(session: GuestfsSession, part, item: dict, mounts: dict, where: str) -> dict:
-    plan = item["identity"]
+def _reset_one(session: GuestfsSession, part, item: Item, mounts: dict, where: str) -> dict:
+    plan = item.identity
     try:
         session.mount(mounts, part=part, where=where)
         report = run_operations(session.g, plan["operations"], plan["hostname"], plan["files"])
@@ -230,7 +231,7 @@ def _reset_one(session: GuestfsSession, part, item: dict, mounts: dict, where: s
     except OwnerError as exc:
         return dict(ok=False, error=f"identity reset: {exc}")
     except RuntimeError as exc:
-        return dict(ok=False, error=f"identity reset of {item['name']}: {runtime_message(exc)}")
+        return dict(ok=False, error=f"identity reset of {item.name}: {runtime_message(exc)}")
     finally:
         try:
             session.unmount_all()

@@ -3,27 +3,27 @@
 
 One run reads the host once (``HostScan``, under the host lock unless in
 check mode), plans the whole batch against that scan, and then, unless in
-check mode, removes, creates (in bounded parallel, each clone atomically) and
-updates, and makes the bases read-only. A clone that fails is rolled back,
-the others complete, and the run ends with an error naming the failed ones.
+check mode, runs the phases in order, handing each what it needs: remove;
+make the new clones' files; reset their identity; define them; update the
+existing ones; make the bases read-only. Every phase returns an outcome per
+clone and never calls back. A clone that fails is rolled back, the others
+complete, and the run ends with an error naming the failed ones.
 """
 
 from __future__ import annotations
 
 import copy
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
-from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, result, space
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, reset, result, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import Journal
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import NONE, Item, Outcome, Plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Planner
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import normalize_clones
 from ansible_collections.virtops.kvm.plugins.module_utils._drift import describe, rerecord
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError, StorageError
-from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import decide_force_tcg, kvm_usable
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
@@ -87,8 +87,8 @@ class CloneManager(Manager):
             scan = HostScan.take(self.conn)
             self.recovered = journal.recover(scan, True, {sp["name"] for sp in self.specs})
             plan = self._plan(scan)
-            outcomes = {i["name"]: _preview(i) for i in plan["items"]}
-            removed, kept = act.preview_removals(_absent(plan), scan)
+            outcomes = {i.name: _preview(i) for i in plan.items}
+            removed, kept = act.preview_removals(plan.absent(), scan)
             base_changed = False
         else:
             with HostLock(self.lock_path, self.lock_timeout):
@@ -97,7 +97,7 @@ class CloneManager(Manager):
                 plan = self._plan(scan)
                 outcomes, removed, kept, base_changed = self._act(plan, scan, journal)
         rerecorded = self._base_drift(plan)
-        for warning in space.headroom_warnings(plan["space"]):
+        for warning in space.headroom_warnings(plan.space):
             self.warn(warning)
         self._report_recovery()
         verb = "Would keep" if self.check_mode else "Kept"
@@ -105,17 +105,17 @@ class CloneManager(Manager):
             self.warn(f"{verb} {k['path']}: still used by {', '.join(k['used_by'])}.")
         bases = result.bases_report(plan, outcomes, scan, self.p["protect_base"], self.check_mode)
         out = result.build(plan, outcomes, bases, removed, kept)
-        plan["reservations"].annotate(out, plan["items"])
+        plan.reservations.annotate(out, plan.items)
         out["changed"] = out["changed"] or base_changed or bool(rerecorded) or any(r["removed"] for r in self.recovered)
         if self.recovered:
             out["recovered"] = self.recovered
         if rerecorded:
             out["base_change_accepted"] = rerecorded
-        failed = [(n, o["error"]) for n, o in outcomes.items() if not o["ok"]]
+        failed = [(n, o.error) for n, o in outcomes.items() if not o.ok]
         if failed:
             names = ", ".join(n for n, _why in failed)
             why = "; ".join(f"{n}: {e}" for n, e in failed)
-            kept = [n for n, _why in failed if outcomes[n].get("pending") or "files are kept" in outcomes[n]["error"]]
+            kept = [n for n, _why in failed if outcomes[n].files_kept]
             fate = (
                 "each failed clone was rolled back and left nothing behind"
                 if not kept
@@ -123,7 +123,7 @@ class CloneManager(Manager):
                 "lost under them); the others were rolled back"
             )
             raise KvmError(
-                f"{len(failed)} of {len(plan['items'])} clone(s) failed ({names}); {fate}. {why}",
+                f"{len(failed)} of {len(plan.items)} clone(s) failed ({names}); {fate}. {why}",
                 changed=out["changed"],
                 clones=out["clones"],
                 bases=out["bases"],
@@ -131,7 +131,7 @@ class CloneManager(Manager):
             )
         return out
 
-    def _plan(self, scan: HostScan) -> dict:
+    def _plan(self, scan: HostScan) -> Plan:
         reclaimed = {p for r in self.recovered for p in r["removed"]}
         return Planner(
             self.p, self.specs, scan, self.conn, self.runner, self.identity, self.cloud_init, reclaimed
@@ -149,36 +149,44 @@ class CloneManager(Manager):
             if r["kept"]:
                 self.warn(f"Kept {', '.join(r['kept'])} of an interrupted run for {r['name']}: something uses them.")
 
-    def _act(self, plan: dict, scan: HostScan, journal: Journal) -> tuple[dict, list[str], list[dict], bool]:
-        """Remove, create, update, protect: (outcomes, removed files, kept files, whether a base changed)."""
-        outcomes: dict[str, dict] = {}
-        removed, kept = act.remove_all(_absent(plan), outcomes, scan, journal)
-        plan["reservations"].after_remove(plan["items"], outcomes)
-        creates = [i for i in plan["items"] if i["action"] == "create"]
-        plan["reservations"].before_create(plan["items"])
-        created = act.create_all(
-            self.conn,
-            self.runner,
-            creates,
-            self.p["parallel"],
-            which=self.which,
-            between=self._reset_identities,
-            journal=journal,
-        )
-        plan["reservations"].after_create(created)
-        for item in creates:
-            if created[item["name"]]["ok"] and item.get("identity_report"):
-                created[item["name"]]["identity"] = item["identity_report"]
+    def _act(self, plan: Plan, scan: HostScan, journal: Journal) -> tuple[dict, list[str], list[dict], bool]:
+        """The phases in order: (outcomes, removed files, kept files, whether a base changed)."""
+        outcomes, removed, kept = act.remove_all(plan.absent(), scan, journal)
+        plan.reservations.after_remove(plan.items, outcomes)
+        plan.reservations.before_create(plan.items)
+        created = self._create(plan.creates(), journal)
+        plan.reservations.after_create(created)
         outcomes.update(created)
-        for item in plan["items"]:
-            if item["action"] in ("update", "none") and not item.get("absent"):
-                outcomes[item["name"]] = act.update_one(item)
+        for item in plan.kept():
+            outcomes[item.name] = act.update_one(item)
         base_changed = self.p["protect_base"] and act.protect_bases(plan, outcomes)
         return outcomes, removed, kept, base_changed
 
+    def _create(self, items: list[Item], journal: Journal) -> dict[str, Outcome]:
+        """New clones: intents, files (in parallel), identity reset (one appliance), define; name -> outcome."""
+        if not items:
+            return {}
+        act.write_intents(journal, items)
+        made, outcomes = act.make_all(self.runner, self.which, items, self.p["parallel"])
+        ready = [i for i in items if i.name not in outcomes]
+        reports: dict[str, dict] = {}
+        if ready:
+            refused, reports, warnings = reset.reset_identities(self.conn, ready, self.identity, self.handle_factory)
+            self.warnings.extend(w for w in warnings if w not in self.warnings)
+            for item in ready:
+                if item.name in refused:
+                    outcomes[item.name] = act.undo(refused[item.name], None, made[item.name])
+            ready = [i for i in ready if i.name not in refused]
+        outcomes.update(act.define_all(self.conn, ready, made, self.p["parallel"]))
+        act.close_intents(journal, items, outcomes)
+        for item in items:
+            if outcomes[item.name].ok and reports.get(item.name):
+                outcomes[item.name].identity = reports[item.name]
+        return {item.name: outcomes[item.name] for item in items}
+
     def _base_drift(self, plan: dict) -> list[str]:
         """Warn about clones whose base drifted, or with accept_base_change re-record it; the names re-recorded."""
-        drifted = plan["drifted"]
+        drifted = plan.drifted
         if not drifted:
             return []
         if not self.p["accept_base_change"]:
@@ -191,64 +199,16 @@ class CloneManager(Manager):
         if not self.check_mode:
             with HostLock(self.lock_path, self.lock_timeout):
                 for d in drifted:
-                    rerecord(d["dom"], copy.deepcopy(d["root"]), plan["base_prints"])
+                    rerecord(d["dom"], copy.deepcopy(d["root"]), plan.base_prints)
         return [d["name"] for d in drifted]
 
-    def _guard_disks(self, items: list[dict]) -> dict[str, str]:
-        """The host's write guard before the appliance writes into new clone disks: name -> refusal."""
-        scan = HostScan.take(self.conn)
-        refused = {}
-        for item in items:
-            try:
-                scan.guard([d["path"] for d in item["disks"]], f"reset the identity of clone {item['name']} offline")
-            except StorageError as exc:
-                refused[item["name"]] = exc.message
-        return refused
 
-    def _reset_identities(self, ready: list[dict]) -> dict[str, str]:
-        """The batch's one appliance over every new clone disk; name -> error for the clones it failed."""
-        todo = [i for i in ready if i.get("identity")]
-        if not todo:
-            return {}
-        if self.handle_factory is None and _deps.guestfs is None:
-            why = (
-                "the identity reset needs the libguestfs Python binding, which is not installed: "
-                f"{_deps.install_hint('guestfs')} Or set identity.operations to [] (and no files) to clone without it."
-            )
-            return {i["name"]: why for i in todo}
-        refused = self._guard_disks(todo)
-        todo = [i for i in todo if i["name"] not in refused]
-        if not todo:
-            return refused
-        force_tcg, _why = decide_force_tcg(self.identity["force_tcg"], lambda: kvm_usable(self.conn))
-        done: dict = {}
-        for chunk in identity.chunks(todo):  # an appliance takes at most 255 drives
-            got, warnings = identity.reset_batch(chunk, self.identity, force_tcg, self.handle_factory)
-            done.update(got)
-            self.warnings.extend(w for w in warnings if w not in self.warnings)
-        for item in todo:
-            o = done[item["name"]]
-            if not o["ok"]:
-                refused[item["name"]] = o["error"]
-                continue
-            item["identity_report"] = o["report"]
-            root = dx.parse(item["xml"])
-            identity.record(root, o["report"])
-            item["xml"] = dx.tostring(root)
-        return refused
-
-
-def _preview(item: dict) -> dict:
+def _preview(item: Item) -> Outcome:
     """Check mode: the outcome a real run would have (the identity reset planned, not done)."""
-    out = dict(ok=True, changed=item["action"] != "none")
-    if item["action"] == "create" and item.get("identity"):
-        plan = item["identity"]
-        out["identity"] = dict(
+    out = Outcome(ok=True, changed=item.action != NONE)
+    if item.action == "create" and item.identity:
+        plan = item.identity
+        out.identity = dict(
             hostname=plan["hostname"], planned=plan["operations"], files=[f["path"] for f in plan["files"]]
         )
     return out
-
-
-def _absent(plan: dict) -> list[dict]:
-    """The plan's items for clones that are to be absent."""
-    return [i for i in plan["items"] if i.get("absent")]

@@ -5,9 +5,8 @@ The whole batch is validated against one scan of the host before anything is
 touched: names, free disk/NVRAM/XML paths, MACs and UUIDs unused on the host
 and in the batch, the directories, the template, and that no running domain
 writes to a disk that is about to become a base. So bad input changes nothing.
-The plan is a dict ``{template, items, bases, dest_dir, xml_dir,
-domain_type_reason, reservations}``; each item says what to do with one clone (``create``,
-``update``, ``none``, ``remove``, ``remove_xml``).
+The plan is a ``model.Plan`` of ``model.Item``s; each item says what to do
+with one clone (``create``, ``update``, ``none``, ``remove``, ``remove_xml``).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import seal, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.existing import plan_absent, plan_existing, xml_path
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.identity import clone_plan
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import CREATE, Item, Plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.network import Reservations
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import (
     attach_cdrom,
@@ -94,7 +94,7 @@ class Planner:
         """Whether something is at ``path`` that this run may not overwrite."""
         return os.path.lexists(path) and path not in self.reclaimed
 
-    def plan(self) -> dict:
+    def plan(self) -> Plan:
         """Validate the whole batch against the host and decide every action; touches nothing."""
         tpl = load_template(
             self.scan, self.runner, self.p["template"], self.p["template_xml"], self.p["template_snapshot"]
@@ -119,14 +119,15 @@ class Planner:
             else:
                 items.append(self._new(s, tpl, dest_dir, xml_dir, domain_type))
         bases = [d["path"] for d in tpl["disks"]] if tpl is not None and self.mode == "overlay" else []
-        if bases and any(i["action"] == "create" for i in items):
+        creates = [i for i in items if i.action == CREATE]
+        if bases and creates:
             self._refuse_busy_bases(bases)
         drifted = self._drifted(items, bases)
         # the whole batch must fit before anything is created (refused here in check mode too)
-        room = space.check_space([i for i in items if i["action"] == "create"], self.runner)
+        room = space.check_space([i.files_view() for i in creates], self.runner)
         reservations = Reservations(self.conn, self.p, self.scan)
         reservations.plan(items, tpl)
-        return dict(
+        return Plan(
             template=tpl,
             items=items,
             bases=bases,
@@ -139,7 +140,7 @@ class Planner:
             space=room,
         )
 
-    def _drifted(self, items: list[dict], bases: list[str]) -> list[dict]:
+    def _drifted(self, items: list[Item], bases: list[str]) -> list[dict]:
         """The domains on this template's bases whose base changed since their overlay was made.
 
         Refused (nothing created) when this run would add overlays, unless
@@ -154,7 +155,7 @@ class Planner:
             found = self.base_prints.drifts(d.inactive, only=real)
             if found:
                 out.append(dict(name=d.name, dom=d.dom, root=d.inactive, drifts=found))
-        if out and not self.p.get("accept_base_change") and any(i["action"] == "create" for i in items):
+        if out and not self.p.get("accept_base_change") and any(i.action == CREATE for i in items):
             drifts = [x for o in out for x in o["drifts"]]
             drifts = list({(x["base"], tuple(x["changes"])): x for x in drifts}.values())
             deps = sorted({n for b in bases for n in dependents(self.scan.domains.values(), b)})
@@ -188,7 +189,7 @@ class Planner:
             return None
         return check_dir(xml_dir, "xml_dir")
 
-    def _new(self, s: dict, tpl: dict, dest_dir: str, xml_dir: str | None, domain_type: str | None) -> dict:
+    def _new(self, s: dict, tpl: dict, dest_dir: str, xml_dir: str | None, domain_type: str | None) -> Item:
         """A new clone: every path must be free, every explicit MAC/UUID unused."""
         name = s["name"]
         if s["uuid"] and s["uuid"] in self.used_uuids:
@@ -261,8 +262,8 @@ class Planner:
         identity = clone_plan(s, self._identity_cfg(tpl)) if disks else None
         source = "offline-reset" if identity else ("sealed-template" if self._sealed(tpl) else "none")
         root.find(f"metadata/{{{dx.NS}}}clone").set("identity-source", source)
-        return dict(
-            action="create",
+        return Item(
+            action=CREATE,
             spec=s,
             name=name,
             uuid=uuid,
@@ -271,7 +272,6 @@ class Planner:
             nvram=(nvram_src, nvram_path) if nvram_src else None,
             xml=dx.tostring(root),
             xml_path=path,
-            before=None,
             identity=identity,
             identity_source=source,
             seed=dict(path=seed_file, documents=seed_documents(name, uuid, hostname, seed_cfg)) if seed_file else None,

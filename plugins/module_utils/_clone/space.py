@@ -187,7 +187,8 @@ def _describe(needs: list[dict]) -> str:
 def check_space(items: list[dict], runner, statvfs: StatVfs = os.statvfs) -> list[dict]:
     """Refuse the batch (a StorageError, before anything exists) if its new files do not fit.
 
-    ``items`` are the plan's ``create`` items. The needs are added up per
+    ``items`` are the plan's ``create`` items, each as ``{name, disks, nvram,
+    seed}`` (``model.Item.files_view``). The needs are added up per
     filesystem (files in several directories on one filesystem share its free
     space) and compared with what an unprivileged writer may use (``f_bavail``).
     Returns, per filesystem: ``{directory, needed, free, after, overlay_virtual}``
@@ -308,11 +309,12 @@ def make_disk(runner, clone: str, disk: dict, statvfs: StatVfs = os.statvfs) -> 
             except StorageError:
                 needed = None
         better = enospc_message(exc.msg, path, directory, clone, needed, statvfs)
+        kept = dict(partial_file=path) if left else {}
         if better is None:
-            raise StorageError(exc.msg + left, hint=exc.hint) from None
+            raise StorageError(exc.msg + left, hint=exc.hint, **kept) from None
         if left:
             better = better.replace("The partial file was removed", f"The partial file {path} was NOT removed")
-        raise StorageError(better + left, directory=directory) from None
+        raise StorageError(better + left, directory=directory, **kept) from None
 
 
 def explain_failure(message: str, item: dict) -> str:
@@ -334,10 +336,10 @@ def explain_failure(message: str, item: dict) -> str:
 
 
 def _remove_partial(path: str) -> str:
-    """Delete what qemu-img left at ``path``: '' when nothing is left, else act.py's rollback note.
+    """Delete what qemu-img left at ``path``: '' when nothing is left, else the rollback note for the message.
 
-    The note keeps the clone's intent journal open (act.create_all closes it
-    only when the error has no "(rollback:" part), so a rerun removes the file.
+    A file left is also named in the error's ``partial_file`` detail: act.py
+    then keeps the clone's intent journal open, so a rerun removes the file.
     """
     try:
         os.unlink(path)

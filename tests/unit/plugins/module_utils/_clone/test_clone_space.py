@@ -290,8 +290,9 @@ def test_make_disk_that_cannot_remove_the_partial_file_keeps_the_intent_open(ima
         space.make_disk(leaves_a_directory, "c2", disk(images["a"], path=target), statvfs=statvfs_free(0))
     msg = exc.value.message
     assert f"The partial file {target} was NOT removed" in msg
-    # act.create_all leaves the intent journal open for errors with a "(rollback:" part: a rerun finishes it
+    # the error names the file left (partial_file): act.py keeps the intent journal open, a rerun finishes it
     assert msg.endswith(f" (rollback: cannot delete {target}: Is a directory)")
+    assert exc.value.details["partial_file"] == str(target)
 
 
 def test_explain_failure_names_the_directories_of_the_clone_files():
