@@ -18,12 +18,10 @@ import hashlib
 import posixpath
 import secrets
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _drift
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _drift, _stream
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 
-CHUNK = 1024 * 1024
-_WOULD_BLOCK = -2
 #: pool types whose files every host of a cluster sees (storage: auto does not copy them)
 SHARED_POOL_TYPES = ("netfs", "gluster", "rbd", "sheepdog", "iscsi", "iscsi-direct", "mpath", "vstorage")
 
@@ -193,61 +191,32 @@ class HostFiles:
         return h.hexdigest()
 
 
-def _abort(stream) -> None:
-    try:
-        stream.abort()
-    except _deps.libvirt.libvirtError:
-        pass  # already broken: the first error is the one reported
-
-
 def _read(conn, vol, offset: int, length: int, what: str):
     """The bytes of ``vol`` from ``offset``, ``length`` of them, in chunks."""
-    lv = _deps.libvirt
     stream = conn.newStream(0)
-    try:
+    with _stream.guarded(stream, lambda exc: libvirt_failed(exc, what)):
         vol.download(stream, offset, length, 0)
-        while True:
-            data = stream.recv(CHUNK)
-            if data == _WOULD_BLOCK:
-                continue
-            if not data:
-                break
-            yield data
-        stream.finish()
-    except lv.libvirtError as exc:
-        _abort(stream)
-        raise libvirt_failed(exc, what) from exc
+        yield from _stream.received(stream)
 
 
 def copy(src: HostFiles, src_path: str, dst: HostFiles, dst_vol, length: int, progress: list, started) -> dict:
     """Stream the file ``src_path`` of ``src`` into ``dst_vol``; sha256 checked by reading the copy back."""
-    lv = _deps.libvirt
     src_vol = src.volume(src_path)
     what = f"Copying {src_path} from {src.uri} to {dst.uri}"
     h = hashlib.sha256()
     sent = 0
+
+    def moved(data: bytes) -> None:
+        nonlocal sent
+        h.update(data)
+        sent += len(data)
+        progress.append(dict(seconds=started(), bytes=sent, path=src_path))
+
     out = dst.conn.newStream(0)
-    try:
+    with _stream.guarded(out, lambda exc: libvirt_failed(exc, what)):
         dst_vol.upload(out, 0, length, 0)
-        for data in _read(src.conn, src_vol, 0, length, what):
-            h.update(data)
-            view = memoryview(data)
-            while len(view):
-                n = out.send(bytes(view))
-                if n == _WOULD_BLOCK:
-                    continue
-                if n <= 0:
-                    raise StorageError(f"{what} failed: the destination's stream accepted no data.")
-                view = view[n:]
-            sent += len(data)
-            progress.append(dict(seconds=started(), bytes=sent, path=src_path))
-        out.finish()
-    except lv.libvirtError as exc:
-        _abort(out)
-        raise libvirt_failed(exc, what) from exc
-    except StorageError:
-        _abort(out)
-        raise
+        chunks = _read(src.conn, src_vol, 0, length, what)
+        _stream.send_all(out, chunks, moved, f"{what} failed: the destination's stream accepted no data.")
     if sent != length:
         raise StorageError(f"{what}: {sent} of {length} bytes arrived; the source changed meanwhile.")
     want = h.hexdigest()

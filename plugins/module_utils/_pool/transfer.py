@@ -9,27 +9,24 @@ entry each time another ``every`` bytes have gone by.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import time
 from collections.abc import Callable
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils import _stream
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock
 
-# One read/send per MiB: big enough to keep Python out of the way, small for the RPC layer.
-CHUNK = 1024 * 1024
-# virStreamRecv/Send return this when a non-blocking stream would block.
-_WOULD_BLOCK = -2
+# One read per MiB, as the streams move them.
+CHUNK = _stream.CHUNK
 
 
 class Meter:
     """Bytes, time and a progress entry every ``every`` bytes (0: no entries)."""
 
-    def __init__(self, every: int = 0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, every: int = 0, clock: Clock = SYSTEM):
         self.every = every
         self.clock = clock
-        self.started = clock()
+        self.started = clock.now()
         self.bytes = 0
         self.progress: list[dict] = []
         self._next = every
@@ -37,11 +34,11 @@ class Meter:
     def add(self, n: int) -> None:
         self.bytes += n
         while self.every and self.bytes >= self._next:
-            self.progress.append(dict(bytes=self.bytes, seconds=round(self.clock() - self.started, 3)))
+            self.progress.append(dict(bytes=self.bytes, seconds=round(self.clock.now() - self.started, 3)))
             self._next += self.every
 
     def result(self, direction: str, sha256: str) -> dict:
-        seconds = max(self.clock() - self.started, 0.0)
+        seconds = max(self.clock.now() - self.started, 0.0)
         rate = self.bytes / 1024**2 / seconds if seconds > 0 else None
         return dict(
             direction=direction,
@@ -70,76 +67,44 @@ def file_digest(path: str, limit: int | None = None) -> tuple[str, int]:
     return h.hexdigest(), total
 
 
-def _abort(stream) -> None:
-    try:
-        stream.abort()
-    except _deps.libvirt.libvirtError:
-        pass  # the stream is already broken; the first error is the one reported
+def _failed(what: str) -> Callable[[Exception], StorageError]:
+    """A libvirt or OS error of a transfer as the StorageError saying ``what`` failed."""
 
+    def failed(exc: Exception) -> StorageError:
+        if isinstance(exc, OSError):
+            return StorageError(f"{what} failed: {exc.strerror or exc}.")
+        return StorageError(f"{what} failed: {exc.get_error_message() or exc}")
 
-def _send_all(stream, data: bytes) -> None:
-    view = memoryview(data)
-    while len(view):
-        sent = stream.send(bytes(view))
-        if sent == _WOULD_BLOCK:
-            continue
-        if sent <= 0:
-            raise StorageError("The libvirt stream accepted no data.")
-        view = view[sent:]
-
-
-@contextlib.contextmanager
-def _guarded(stream, what: str):
-    """Abort the stream on any failure inside, and report it as a StorageError saying ``what`` failed."""
-    lv = _deps.libvirt
-    try:
-        yield
-    except lv.libvirtError as exc:
-        _abort(stream)
-        raise StorageError(f"{what} failed: {exc.get_error_message() or exc}") from exc
-    except OSError as exc:
-        _abort(stream)
-        raise StorageError(f"{what} failed: {exc.strerror or exc}.") from exc
-    except StorageError:
-        _abort(stream)
-        raise
+    return failed
 
 
 def upload(conn, vol, path: str, length: int, meter: Meter) -> str:
     """Write the first ``length`` bytes of file ``path`` into ``vol`` from offset 0; returns their sha256."""
     h = hashlib.sha256()
+
+    def sent(data: bytes) -> None:
+        h.update(data)
+        meter.add(len(data))
+
     stream = conn.newStream(0)
-    with _guarded(stream, f"Uploading {path} to volume {vol.name()}"):
+    with _stream.guarded(stream, _failed(f"Uploading {path} to volume {vol.name()}")):
         vol.upload(stream, 0, length, 0)
-        with open(path, "rb") as f:
-            left = length
-            while left > 0:
-                data = f.read(min(CHUNK, left))
-                if not data:
-                    raise StorageError(f"{path} ended after {length - left} of {length} bytes: it changed meanwhile.")
-                h.update(data)
-                _send_all(stream, data)
-                meter.add(len(data))
-                left -= len(data)
-        stream.finish()
+        _stream.send_all(stream, _stream.file_chunks(path, length), sent, "The libvirt stream accepted no data.")
     return h.hexdigest()
 
 
 def download(conn, vol, out, length: int, meter: Meter) -> str:
     """Read the first ``length`` bytes of ``vol`` (0: all) into file object ``out`` (None: only hash them)."""
     h = hashlib.sha256()
+
+    def got(data: bytes) -> None:
+        h.update(data)
+        if out is not None:
+            out.write(data)
+        meter.add(len(data))
+
     stream = conn.newStream(0)
-    with _guarded(stream, f"Downloading volume {vol.name()}"):
+    with _stream.guarded(stream, _failed(f"Downloading volume {vol.name()}")):
         vol.download(stream, 0, length, 0)
-        while True:
-            data = stream.recv(CHUNK)
-            if data == _WOULD_BLOCK:
-                continue
-            if not data:
-                break
-            h.update(data)
-            if out is not None:
-                out.write(data)
-            meter.add(len(data))
-        stream.finish()
+        _stream.receive(stream, got)
     return h.hexdigest()

@@ -13,6 +13,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflic
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import transfer
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_xml as vx
 from ansible_collections.virtops.kvm.plugins.module_utils._pool.volume_manager import VolumeManager
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock
 from tests import fakes
 
 URI = "test:///default"
@@ -288,8 +289,8 @@ def test_upload_sends_everything_hashes_and_reports_progress(tmp_path):
     src = tmp_path / "f"
     src.write_bytes(data)
     stream = FakeStream(short=True)
-    clock = iter(range(100)).__next__
-    meter = transfer.Meter(every=transfer.CHUNK, clock=lambda: float(clock()))
+    ticks = iter(range(100)).__next__
+    meter = transfer.Meter(every=transfer.CHUNK, clock=Clock(lambda: float(ticks())))
     digest = transfer.upload(FakeConn(stream), FakeVol(), str(src), len(data), meter)
     assert bytes(stream.sent) == data and stream.finished and digest == hashlib.sha256(data).hexdigest()
     assert [p["bytes"] for p in meter.progress] == [transfer.CHUNK, 2 * transfer.CHUNK, 3 * transfer.CHUNK]
