@@ -7,31 +7,17 @@ the wait loop and its timeout can be driven without a real guest.
 
 from __future__ import annotations
 
-import clonelib
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._inventory.address_manager import AddressManager
-
-
-class Clock:
-    """A clock that only moves when the manager sleeps; records the sleeps."""
-
-    def __init__(self):
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import FakeClock
+from tests import fakes
 
 
 @pytest.fixture
 def conn():
-    c, close = clonelib.open_conn()
+    c, close = fakes.open_conn()
     yield c
     close()
 
@@ -48,8 +34,8 @@ def define(conn, name: str, mac: str | None, start: bool = True):
 
 
 def run(conn, check=False, clock=None, **params):
-    clock = clock or Clock()
-    m = AddressManager(params, clonelib.Held(conn), check, clock=clock, sleep=clock.sleep)
+    clock = clock or FakeClock(100.0)
+    m = AddressManager(params, fakes.Held(conn), check, clock=clock)
     return m.run(), m, clock
 
 
@@ -66,7 +52,7 @@ def test_an_address_found_at_once_waits_for_nothing(conn):
 def test_the_batch_waits_together_then_fails_naming_only_the_missing(conn):
     define(conn, "ut-a", "aa:bb:cc:dd:ee:ff")
     define(conn, "ut-b", None)  # no NIC, so no address ever
-    clock = Clock()
+    clock = FakeClock(100.0)
     with pytest.raises(KvmError) as info:
         run(conn, clock=clock, name=["ut-a", "ut-b"], sources=["lease", "arp"], timeout=10)
     exc = info.value
@@ -86,7 +72,7 @@ def test_a_domain_that_is_not_running_fails_at_once_without_waiting(conn):
 
 def test_no_wait_reads_once(conn):
     define(conn, "ut-b", None)
-    clock = Clock()
+    clock = FakeClock(100.0)
     with pytest.raises(KvmError, match=r"after 0\.0 s"):
         run(conn, clock=clock, name=["ut-b"], wait=False)
     assert clock.sleeps == []
@@ -103,7 +89,7 @@ def test_family_ipv6_ignores_the_ipv4_address(conn):
 def test_undefined_domains_are_an_error_before_waiting_but_a_warning_in_check_mode(conn):
     with pytest.raises(DomainNotFound, match="ut-nope"):
         run(conn, name=["test", "ut-nope"])
-    clock = Clock()
+    clock = FakeClock(100.0)
     define(conn, "ut-noaddr", None)
     r, m, clock = run(conn, check=True, clock=clock, name=["test", "ut-nope", "ut-noaddr"])
     assert list(r["hosts"]) == ["test"]
@@ -112,8 +98,8 @@ def test_undefined_domains_are_an_error_before_waiting_but_a_warning_in_check_mo
 
 
 def test_the_agent_needs_a_read_write_connection_the_rest_not():
-    assert AddressManager(dict(name=["x"], sources=["lease"]), clonelib.Held(None)).READONLY is True
-    assert AddressManager(dict(name=["x"]), clonelib.Held(None)).READONLY is False  # agent is a default source
+    assert AddressManager(dict(name=["x"], sources=["lease"]), fakes.Held(None)).READONLY is True
+    assert AddressManager(dict(name=["x"]), fakes.Held(None)).READONLY is False  # agent is a default source
 
 
 @pytest.mark.parametrize(
@@ -128,4 +114,4 @@ def test_the_agent_needs_a_read_write_connection_the_rest_not():
 )
 def test_bad_options_are_refused_before_anything_is_read(params, words):
     with pytest.raises(InvalidInput, match=words.replace("(", r"\(")):
-        AddressManager(params, clonelib.Held(None))
+        AddressManager(params, fakes.Held(None))
