@@ -89,3 +89,33 @@ def test_bad_input(args, message):
     with pytest.raises(AnsibleFilterError, match=r"^hosts_seen: ") as err:
         hosts_seen(*args)
     assert message in str(err.value)
+
+
+PLAYBOOK = r"""
+- name: hosts_seen with Ansible's hostvars (lazy, templated), as the kvm_fleet and kvm_drain roles call it
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Each hypervisor but hv3 registers what it has (a templated number, as a module result may be)
+      ansible.builtin.set_fact:
+        host_info: {domains: ["{{ inventory_hostname }}-a"], host: {cpus: "{{ 2 * 2 }}", memory_free_mib: 512}}
+      when: inventory_hostname != 'hv3'
+
+    - name: Only hv1 is reachable (hv2 counts as out of the play, hv3 was not read, hv4 is not in the inventory)
+      ansible.builtin.assert:
+        that:
+          - seen | map(attribute='reachable') | list == [true, false, false, false]
+          - seen[0].domains == ['hv1-a'] and seen[0].cpus == 4 and seen[0].drained == false
+      vars:
+        in_play: "{{ ansible_play_hosts | reject('equalto', 'hv2') | list }}"
+        seen: "{{ ['hv1', 'hv2', 'hv3', 'hv4'] | virtops.kvm.hosts_seen(hostvars, 'host_info', in_play) }}"
+      run_once: true
+"""
+
+
+def test_hostvars_in_a_playbook(tmp_path, ansible_cli):
+    playbook = tmp_path / "seen.yml"
+    playbook.write_text(PLAYBOOK)
+    (tmp_path / "hosts").write_text("hv1\nhv2\nhv3\n")
+    proc = ansible_cli("ansible-playbook", "-i", str(tmp_path / "hosts"), "-c", "local", str(playbook))
+    assert "All assertions passed" in proc.stdout and "failed=1" not in proc.stdout, proc.stdout[-4000:]
