@@ -14,15 +14,20 @@ with no cloud-init seed can still be reached), and is part of the image's recipe
 ``ssh_host_key_fingerprints`` of the image as built, ``packages``, ``seconds`` (of each build step),
 ``built`` (True if it was built now), plus ``key`` (the private key's path). ``domain_xml()`` turns the
 template into one domain of a test's own names and paths.
+
+``class_blocks()`` reads the marked blocks of docs/distribution-image-to-class.md (the page's
+playbooks, inventory and ``whoami.sh``), which the real-guest stage runs as they are written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +37,24 @@ KEY_NAME = "virtops-test-key"
 BUILD_TIMEOUT = 2400  # debootstrap ~2-3 min and one TCG boot ~1 min here; a slow mirror or machine: more
 
 _cache: dict | None = None
+
+# how the tests reach a guest over SSH: the tests' key, no host key kept, fail fast
+SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]  # fmt: skip
+
+CLASS_DOC = ROOT / "docs" / "distribution-image-to-class.md"
+# each marker, and the language of the fenced block that must follow it at once
+CLASS_KINDS = {
+    "network": "yaml",
+    "seal": "yaml",
+    "inventory": "yaml",
+    "whoami": "sh",
+    "fleet": "yaml",
+    "teardown": "yaml",
+}
+_MARKER = re.compile(r"<!-- class:([a-z]+) -->")
+# a marker, then at once a fenced block; the block ends at the first line that is only ```
+_BLOCK = re.compile(r"<!-- class:([a-z]+) -->\n```([a-z]+)\n(.*?)^```$", re.S | re.M)
 
 
 def ssh_key(dest: Path = DEST) -> Path:
@@ -93,3 +116,62 @@ def domain_xml(
     for tag in ("serial", "console"):
         devices.find(f"{tag}/source").set("path", str(serial_log))
     return etree.tostring(root, encoding="unicode", pretty_print=True)
+
+
+def lease_address(dom, deadline: float) -> str:
+    """The domain's first IPv4 address from its network's DHCP leases; TimeoutError at ``deadline`` (monotonic)."""
+    import libvirt
+
+    while time.monotonic() < deadline:
+        try:
+            ifaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
+        except libvirt.libvirtError:
+            ifaces = {}
+        for iface in ifaces.values():
+            for addr in iface.get("addrs") or []:
+                if addr["type"] == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    return addr["addr"]
+        time.sleep(2)
+    raise TimeoutError(f"{dom.name()}: no DHCP lease in time")
+
+
+def ssh(host, key: str, address: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``ssh root@address command`` with the tests' key, run by ``host.run`` (a NetHost: inside its namespace)."""
+    argv = ["ssh", "-i", key, *SSH_OPTS, f"root@{address}", command]
+    return host.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_for_ssh(host, key: str, address: str, deadline: float) -> None:
+    """Until sshd is active on the guest at ``address``; TimeoutError (with ssh's last word) at ``deadline``."""
+    while True:
+        proc = ssh(host, key, address, "systemctl is-active ssh.service", timeout=30)
+        if proc.returncode == 0:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no SSH at {address} in time: {proc.stderr.strip() or proc.stdout.strip()}")
+        time.sleep(2)
+
+
+def class_blocks(text: str | None = None) -> dict[str, str]:
+    """The marked blocks of docs/distribution-image-to-class.md by kind; an AssertionError names what is wrong."""
+    text = CLASS_DOC.read_text() if text is None else text
+    markers = _MARKER.findall(text)
+    assert sorted(markers) == sorted(CLASS_KINDS), (
+        f"{CLASS_DOC}: want each marker <!-- class:KIND --> once for {sorted(CLASS_KINDS)}, found {markers}"
+    )
+    blocks = {kind: (lang, body) for kind, lang, body in _BLOCK.findall(text)}
+    wrong = [f"{k} (want ```{lang})" for k, lang in CLASS_KINDS.items() if blocks.get(k, ("",))[0] != lang]
+    assert not wrong, f"{CLASS_DOC}: no fenced block of the right language right after the marker(s) {wrong}"
+    return {kind: body for kind, (_lang, body) in blocks.items()}
+
+
+def class_vars(blocks: dict[str, str]) -> dict[str, object]:
+    """Every play variable of the page's playbooks with its default (the test overrides them with -e)."""
+    import yaml
+
+    out: dict[str, object] = {}
+    for kind, body in blocks.items():
+        if CLASS_KINDS[kind] == "yaml" and kind != "inventory":
+            for play in yaml.safe_load(body):
+                out.update(play.get("vars") or {})
+    return out

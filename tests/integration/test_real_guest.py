@@ -1,5 +1,9 @@
 """The integration stage on a real Debian 12 guest (issue 25): seal a used template, clone it, reach each clone.
 
+Its playbooks, inventory and probe script are the marked blocks of docs/distribution-image-to-class.md
+("From a distribution image to a class"; ``realguest.class_blocks()`` reads them, and a missing or renamed
+block fails the stage naming it), run as the page has them with the variables set by ``-e``.
+
 One flow, module-scoped, so the stage costs one template boot and one clone boot (TCG: the template
 reaches sshd in ~45 s, three clones booting together in 90-130 s). Everything runs inside a NetHost
 (tests/nethost.py: a hypervisor with its own libvirtd in private network, mount and UTS namespaces), and
@@ -12,14 +16,14 @@ Steps (each a test below, in order; a step whose predecessor failed is skipped, 
    over that network, reached over SSH (sshd up, its machine-id, host keys, dpkg.log and journal
    read: the identity a used template carries), and shut down by ACPI.
 3. ``seal``: ``kvm_template name=<tpl> state=sealed``; a second run changes nothing.
-4. ``fleet``: one playbook: ``kvm_clone`` makes three clones on the network (two with their own
-   cloud-init user data, one with no seed at all, so cloud-init finds no datasource), ``kvm_domain``
-   starts them, ``kvm_domain_address`` waits for their leases, the ``virtops.kvm.libvirt`` inventory
-   is read again, then a second play reaches every clone over SSH (the inventory's ``ansible_host``,
-   the baked test key) and reports what makes it itself.
+4. ``fleet``: one playbook: ``kvm_clone`` makes and starts three clones on the network (two with their
+   own cloud-init user data, one with no seed at all, so cloud-init finds no datasource), each with
+   ``identity_source: sealed-template``, ``kvm_domain_address`` waits for their leases, the
+   ``virtops.kvm.libvirt`` inventory is read again, then a second play reaches every clone over SSH
+   (the inventory's ``ansible_host``, the baked test key) and reports what makes it itself.
 5. ``identity``: each clone has its own hostname; machine-ids distinct and not the template's; SSH
    host keys distinct and not the template's; sshd active; the template's dpkg.log and journal gone;
-   the seeded clones ran their own user data (``/etc/virtops-ci``), the unseeded one ran no cloud-init.
+   the seeded clones ran their own user data (``/etc/class-note``), the unseeded one ran no cloud-init.
 6. ``rerun``: seal and fleet again: changed=0 everywhere, the same answers.
 7. ``teardown``: ``kvm_clone state=absent`` and ``kvm_network state=absent``: only the template is left.
 
@@ -36,12 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-import guestlib
-import harness
-import nethost
 import pytest
-import realguest
 import yaml
+
+from tests import guestlib, harness, nethost, realguest
 
 pytestmark = pytest.mark.slow
 
@@ -51,163 +53,7 @@ BOOT_TIMEOUT = 600  # TCG on 2 shared cores: the template reaches sshd in ~45 s,
 PLAY_TIMEOUT = 1800
 RESULT = re.compile(r"^(ok|changed|skipping): \[([^\]]+)\] => (\{.*\})$", re.M)
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
-SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]  # fmt: skip
-
-# What the template and each clone report about themselves (the same script over SSH and in the play).
-PROBE = r"""
-echo "hostname=$(hostname)"
-echo "machine_id=$(cat /etc/machine-id)"
-echo "sshd=$(systemctl is-active ssh.service)"
-for k in /etc/ssh/ssh_host_*_key.pub; do echo "hostkey=$(ssh-keygen -l -f "$k" | awk '{print $2}')"; done
-echo "dpkg_log=$(stat -c %s /var/log/dpkg.log 2>/dev/null || echo absent)"
-for j in /var/log/journal/*/; do [ -d "$j" ] && echo "journal=$(basename "$j")"; done
-echo "virtops_ci=$(cat /etc/virtops-ci 2>/dev/null || echo absent)"
-echo "cloud_init=$(cloud-init status 2>/dev/null | sed -n 's/^status: //p')"
-echo "failed_units=$(systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ',')"
-echo "uptime=$(cut -d' ' -f1 /proc/uptime)"
-# only to explain a failure: where the name came from, and what cloud-init complained of
-echo "static_hostname=$(hostnamectl --static 2>&1)"
-echo "lease_hostname=$(sed -n 's/^HOSTNAME=//p' /run/systemd/netif/leases/* 2>/dev/null)"
-echo "ci_errors=$(grep -E 'WARNING|ERROR|[A-Za-z]+(Error|Exception):' /var/log/cloud-init.log 2>/dev/null \
-  | tail -10 | tr '\n|' '; ')"
-echo "boot_cycles=$(journalctl -b --no-pager | grep -o 'Job [^ ]* deleted to break ordering cycle' | tr '\n|' '; ')"
-echo "ci_userdata=$(cloud-init query userdata 2>&1 | head -c 400 | tr '\n|' '  ')"
-"""
-
-NETWORK_PLAY = """
-- name: A NAT network with DHCP, inside the NetHost
-  hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Define and start it
-      virtops.kvm.kvm_network:
-        uri: "{{ libvirt_uri }}"
-        name: "{{ lab_network }}"
-        forward_mode: nat
-        ips:
-          - address: "{{ lab_subnet }}.1"
-            prefix: 24
-            dhcp_ranges: [{start: "{{ lab_subnet }}.100", end: "{{ lab_subnet }}.200"}]
-        state: active
-"""
-
-SEAL_PLAY = """
-- name: Seal the used template
-  hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Seal it
-      virtops.kvm.kvm_template:
-        uri: "{{ libvirt_uri }}"
-        name: "{{ template }}"
-        state: sealed
-      register: seal
-
-    - name: Say what the seal did
-      ansible.builtin.debug:
-        var: seal
-"""
-
-FLEET_PLAY = """
-- name: Clone the sealed template three ways, start the clones, wait for their addresses
-  hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Three clones on the lab network; two with their own cloud-init user data, one with no seed
-      virtops.kvm.kvm_clone:
-        uri: "{{ libvirt_uri }}"
-        template: "{{ template }}"
-        network: "{{ lab_network }}"
-        clones: "{{ lab_clones }}"
-        state: present
-      register: cloned
-
-    - name: Start them
-      virtops.kvm.kvm_domain:
-        uri: "{{ libvirt_uri }}"
-        domains: "{{ lab_domains }}"
-        state: running
-      register: started
-
-    - name: Remember when they were started
-      ansible.builtin.set_fact:
-        started_at: "{{ now(utc=true).timestamp() }}"
-      when: started is changed
-
-    - name: Wait until every clone has its DHCP address
-      virtops.kvm.kvm_domain_address:
-        uri: "{{ libvirt_uri }}"
-        name: "{{ lab_names }}"
-        sources: [lease]
-        timeout: "{{ boot_timeout }}"
-      register: addresses
-
-    - name: Show the addresses
-      ansible.builtin.debug:
-        var: addresses.hosts
-
-    - name: Read the inventory again, so the clones are hosts with ansible_host
-      ansible.builtin.meta: refresh_inventory
-
-    - name: The inventory gives each clone the address it got
-      ansible.builtin.assert:
-        that: hostvars[item].ansible_host | default('none') == addresses.hosts[item]
-        fail_msg: "{{ item }}: the inventory says {{ hostvars[item].virtops_address_error | default('nothing') }}"
-        quiet: true
-      loop: "{{ lab_names }}"
-
-- name: Reach every clone over SSH and say what makes it itself
-  hosts: "{{ template_group }}"
-  gather_facts: false
-  tasks:
-    - name: Wait for SSH (root, the test key)
-      ansible.builtin.wait_for_connection:
-        timeout: "{{ boot_timeout }}"
-        sleep: 3
-
-    - name: Say how long after the start SSH answered
-      ansible.builtin.debug:
-        msg: "reached_after={{ (now(utc=true).timestamp() | float) - (hostvars.localhost.started_at | float) }}"
-      when: hostvars.localhost.started_at is defined
-
-    - name: Wait until boot is over (cloud-init, when it runs, has finished)
-      ansible.builtin.command: systemctl is-system-running --wait
-      register: running
-      changed_when: false
-      failed_when: false
-      timeout: "{{ boot_timeout }}"
-
-    - name: Read the clone's identity
-      ansible.builtin.script:
-        cmd: "{{ probe_script }}"
-        executable: /bin/sh
-      register: probe
-      changed_when: false
-
-    - name: Report it
-      ansible.builtin.debug:
-        msg: "probe={{ probe.stdout_lines | join('|') }}|system={{ running.stdout | trim }}"
-"""
-
-TEARDOWN_PLAY = """
-- name: Remove the clones and the network
-  hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: Remove the clones (domains, their disks and seeds, their DHCP reservations)
-      virtops.kvm.kvm_clone:
-        uri: "{{ libvirt_uri }}"
-        clones: "{{ lab_names }}"
-        state: absent
-
-    - name: Remove the network
-      virtops.kvm.kvm_network:
-        uri: "{{ libvirt_uri }}"
-        name: "{{ lab_network }}"
-        state: absent
-"""
-
+SSH_OPTS = realguest.SSH_OPTS
 
 # --------------------------------------------------------------------------- helpers
 
@@ -222,7 +68,7 @@ def results(stdout: str) -> list[tuple[str, str, dict]]:
 
 
 def parse_probe(text: str) -> dict:
-    """``key=value`` lines (``|``- or newline-separated) of PROBE: hostkey and journal are lists."""
+    """``key=value`` lines (``|``- or newline-separated) of the page's whoami.sh: hostkey and journal are lists."""
     out: dict = {"hostkey": [], "journal": []}
     for item in re.split(r"[|\n]", text):
         key, sep, value = item.strip().partition("=")
@@ -247,6 +93,7 @@ class Lab:
         self.template = f"{nh.name}-tpl"
         self.network = f"{nh.name}-lab"
         self.clones = [f"{nh.name}-c1", f"{nh.name}-c2", f"{nh.name}-c3"]  # c3: no seed
+        self.blocks = realguest.class_blocks()
         self.done: list[str] = []
         self.facts: dict = {}
         self.times: dict[str, float] = {}
@@ -257,31 +104,33 @@ class Lab:
             pytest.skip(f"needs step(s) {missing}, which did not complete")
 
     def extra_vars(self) -> dict:
+        """The page's variables, every one whose default is a plain value set here (``-e``), so none points away."""
         key_pub = Path(self.guest["key"] + ".pub").read_text().strip()
         seeded = {
             c: {
                 "name": c,
                 "cloud_init": {
                     "user_data": {
-                        "write_files": [{"path": "/etc/virtops-ci", "content": f"seeded {c}\n", "permissions": "0644"}],
+                        "write_files": [{"path": "/etc/class-note", "content": f"seeded {c}\n", "permissions": "0644"}],
                         "ssh_authorized_keys": [key_pub],
                     }
                 },
             }
             for c in self.clones[:2]
         }
-        return {
+        values = {
             "libvirt_uri": self.nh.uri,
             "template": self.template,
-            "template_group": "template_" + re.sub(r"[^A-Za-z0-9_]", "_", self.template),
-            "lab_network": self.network,
-            "lab_subnet": SUBNET,
-            "lab_clones": [seeded[c] for c in self.clones[:2]] + [{"name": self.clones[2]}],
-            "lab_names": self.clones,
-            "lab_domains": [{"name": c} for c in self.clones],
+            "class_network": self.network,
+            "class_subnet": SUBNET,
+            "class_clones": [seeded[c] for c in self.clones[:2]] + [{"name": self.clones[2]}],
             "boot_timeout": BOOT_TIMEOUT,
-            "probe_script": str(self.tmp / "probe.sh"),
+            "whoami_script": str(self.tmp / "whoami.sh"),
         }
+        page = realguest.class_vars(self.blocks)
+        unset = sorted(k for k, v in page.items() if k not in values and not (isinstance(v, str) and "{{" in v))
+        assert not unset, f"{realguest.CLASS_DOC}: variables the stage does not set: {unset}"
+        return values
 
     def play(self, book: str, *argv: str) -> subprocess.CompletedProcess:
         """``ansible-playbook`` of this venv inside the NetHost's network namespace; output kept in tmp."""
@@ -292,7 +141,7 @@ class Lab:
             ANSIBLE_INVENTORY_UNPARSED_FAILED="true",
             ANSIBLE_HOST_KEY_CHECKING="false",
         )
-        cmd = [str(BIN / "ansible-playbook"), "-i", "lab.libvirt.yml", book]  # and the implicit localhost
+        cmd = [str(BIN / "ansible-playbook"), "-i", "class.libvirt.yml", book]  # and the implicit localhost
         cmd += ["-e", "@vars.json", *argv]
         t0 = time.monotonic()
         proc = self.nh.run(cmd, cwd=self.tmp, env=env, capture_output=True, text=True, timeout=PLAY_TIMEOUT)
@@ -302,24 +151,7 @@ class Lab:
         return proc
 
     def ssh(self, address: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        argv = ["ssh", "-i", self.guest["key"], *SSH_OPTS, f"root@{address}", command]
-        return self.nh.run(argv, capture_output=True, text=True, timeout=timeout)
-
-
-def _address(dom, deadline: float) -> str:
-    import libvirt
-
-    while time.monotonic() < deadline:
-        try:
-            ifaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE)
-        except libvirt.libvirtError:
-            ifaces = {}
-        for iface in ifaces.values():
-            for addr in iface.get("addrs") or []:
-                if addr["type"] == libvirt.VIR_IP_ADDR_TYPE_IPV4:
-                    return addr["addr"]
-        time.sleep(2)
-    raise TimeoutError(f"{dom.name()}: no DHCP lease within {BOOT_TIMEOUT} s")
+        return realguest.ssh(self.nh, self.guest["key"], address, command, timeout=timeout)
 
 
 def _serial_tail(path: Path) -> str:
@@ -343,24 +175,20 @@ def lab(tmp_path_factory):
         nh.start()
         state = Lab(nh, guest, tmp)
         state.times["build" if guest["built"] else "build (cached)"] = built
-        (tmp / "probe.sh").write_text(PROBE)
-        inventory = {
-            "plugin": "virtops.kvm.libvirt",
-            "uris": [nh.uri],
-            "address_sources": ["lease"],
-            "strict": True,
-            "compose": {
-                "ansible_user": "'root'",
-                "ansible_ssh_private_key_file": repr(guest["key"]),
-                "ansible_ssh_common_args": repr(" ".join(SSH_OPTS)),
-                "ansible_python_interpreter": "'/usr/bin/python3'",
-            },
+        blocks = state.blocks
+        (tmp / "whoami.sh").write_text(blocks["whoami"])
+        # the page's inventory, on the NetHost's URI, reaching the clones with the test key
+        inventory = yaml.safe_load(blocks["inventory"])
+        inventory["uris"] = [nh.uri]
+        inventory["compose"] = {
+            **inventory.get("compose", {}),
+            "ansible_ssh_private_key_file": repr(guest["key"]),
+            "ansible_ssh_common_args": repr(" ".join(SSH_OPTS)),
         }
-        (tmp / "lab.libvirt.yml").write_text(yaml.safe_dump(inventory))
+        (tmp / "class.libvirt.yml").write_text(yaml.safe_dump(inventory))
         (tmp / "vars.json").write_text(json.dumps(state.extra_vars()))
-        for name, text in (("network", NETWORK_PLAY), ("seal", SEAL_PLAY), ("fleet", FLEET_PLAY),
-                           ("teardown", TEARDOWN_PLAY)):  # fmt: skip
-            (tmp / f"{name}.yml").write_text(text)
+        for name in ("network", "seal", "fleet", "teardown"):
+            (tmp / f"{name}.yml").write_text(blocks[name])
         yield state
     finally:
         nh.stop()
@@ -392,18 +220,14 @@ def test_2_template_boots_to_sshd_and_is_used(lab):
         t0 = time.monotonic()
         dom.create()
         deadline = t0 + BOOT_TIMEOUT
-        address = _address(dom, deadline)
-        lab.times["template lease"] = time.monotonic() - t0
-        while True:
-            proc = lab.ssh(address, "systemctl is-active ssh.service", timeout=30)
-            if proc.returncode == 0:
-                break
-            assert time.monotonic() < deadline, (
-                f"template: no SSH at {address} within {BOOT_TIMEOUT} s: {proc.stderr}\n{_serial_tail(serial)}"
-            )
-            time.sleep(2)
+        try:
+            address = realguest.lease_address(dom, deadline)
+            lab.times["template lease"] = time.monotonic() - t0
+            realguest.wait_for_ssh(nh, guest["key"], address, deadline)
+        except TimeoutError as e:
+            pytest.fail(f"template, within {BOOT_TIMEOUT} s: {e}\n{_serial_tail(serial)}")
         lab.times["template boot to sshd"] = time.monotonic() - t0
-        proc = lab.ssh(address, "systemctl is-system-running --wait; " + PROBE, timeout=BOOT_TIMEOUT)
+        proc = lab.ssh(address, "systemctl is-system-running --wait; " + lab.blocks["whoami"], timeout=BOOT_TIMEOUT)
         assert proc.returncode == 0, said(proc)
         facts = parse_probe(proc.stdout)
         lab.facts["template"] = facts
@@ -440,13 +264,19 @@ def test_3_seal(lab):
 
 def _fleet_facts(proc: subprocess.CompletedProcess, clones: list[str]) -> dict[str, dict]:
     out = {}
+    sources = []
     for _status, host, result in results(proc.stdout):
+        if isinstance(result.get("msg"), dict) and "identity_source" in result["msg"]:
+            sources.append(result["msg"]["identity_source"])
+            continue
         msg = str(result.get("msg", ""))
         if msg.startswith("probe="):
             out[host] = {**out.get(host, {}), **parse_probe(msg[len("probe=") :])}
         elif msg.startswith("reached_after="):
             out.setdefault(host, {})["reached_after"] = float(msg.split("=", 1)[1])
     assert sorted(out) == sorted(clones), f"probes from {sorted(out)}, want {clones}\n{said(proc)}"
+    # a sealed template: no clone had an offline reset, on the first run or read back on a rerun
+    assert sources == [dict.fromkeys(clones, "sealed-template")], f"identity_source: {sources}\n{said(proc)}"
     return out
 
 
@@ -484,9 +314,9 @@ def test_5_each_clone_is_itself(lab):
         if tpl["machine_id"] in f["journal"]:
             problems.append(f"{name}: the template's journal /var/log/journal/{tpl['machine_id']} is still there")
         seeded = name in lab.clones[:2]
-        want_ci = f"seeded {name}" if seeded else "absent"
-        if f.get("virtops_ci") != want_ci:
-            problems.append(f"{name}: /etc/virtops-ci is {f.get('virtops_ci')!r}, want {want_ci!r}")
+        want_note = f"seeded {name}" if seeded else "absent"
+        if f.get("class_note") != want_note:
+            problems.append(f"{name}: /etc/class-note is {f.get('class_note')!r}, want {want_note!r}")
         want_status = "done" if seeded else "disabled"
         if f.get("cloud_init") != want_status:
             problems.append(f"{name}: cloud-init status {f.get('cloud_init')!r}, want {want_status!r}")
@@ -510,7 +340,7 @@ def test_6_rerun_changes_nothing(lab):
         if book == "fleet.yml":
             again = _fleet_facts(proc, lab.clones)
             for name, f in lab.facts["clones"].items():
-                for key in ("hostname", "machine_id", "hostkey", "virtops_ci"):
+                for key in ("hostname", "machine_id", "hostkey", "class_note"):
                     assert again[name].get(key) == f.get(key), (name, key, again[name].get(key), f.get(key))
 
 
