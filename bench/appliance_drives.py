@@ -8,7 +8,7 @@ times, and prints the median of the paired ratios. Under TCG (no usable /dev/kvm
 project's CI machine) the appliance's kernel probes each added disk in emulation, so the
 launch itself grows with the drives.
 
-    .venv/bin/python bench/appliance_drives.py [--drives 20] [--pairs 3]
+    .venv/bin/python -m bench.appliance_drives [--drives 20] [--pairs 3]
 """
 
 from __future__ import annotations

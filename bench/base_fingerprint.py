@@ -8,7 +8,7 @@ file (what a naive check would do); it prints every pair, the medians and their
 ratio. The base is a 10 GiB qcow2 with 1 GiB of real data written by qemu-io, under
 /var/tmp (removed at the end, also on failure).
 
-    .venv/bin/python bench/base_fingerprint.py [--pairs 5] [--size-gib 10] [--data-gib 1]
+    .venv/bin/python -m bench.base_fingerprint [--pairs 5] [--size-gib 10] [--data-gib 1]
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".collections"))
+from ansible_collections.virtops.kvm.plugins.module_utils._drift import fingerprint
 
-from ansible_collections.virtops.kvm.plugins.module_utils._drift import fingerprint  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def full_hash(path: Path) -> str:

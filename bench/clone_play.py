@@ -15,7 +15,7 @@ Ansible's own start-up. This machine is shared and noisy (single runs ranged fro
 <= 1.0x for 200. Everything it creates (domains ``vb-<hex>-*``, one directory under
 /var/lib/libvirt/images) is removed at the end, also on failure.
 
-    .venv/bin/python bench/clone_play.py [--sizes 50,200] [--pairs 5]
+    .venv/bin/python -m bench.clone_play [--sizes 50,200] [--pairs 5]
 """
 
 from __future__ import annotations
@@ -25,12 +25,9 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fleet_clone import domain_xml, floor
-from playlib import fmt, idle_play, median, play, remove_clones, workspace
+from bench.fleet_clone import domain_xml, floor
+from bench.playlib import fmt, idle_play, median, play, remove_clones, workspace
 
 CLONE = """
 - name: One kvm_clone task

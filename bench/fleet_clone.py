@@ -16,7 +16,7 @@ Prints seconds and the ratio to the floor (target: kvm_clone within 1.5x). Every
 creates (domains named ``vb-<hex>-*``, files in one directory under
 /var/lib/libvirt/images) is removed at the end, also on failure. Not part of the tests.
 
-    .venv/bin/python bench/fleet_clone.py [--sizes 10,50,100] [--uri qemu:///system]
+    .venv/bin/python -m bench.fleet_clone [--sizes 10,50,100] [--uri qemu:///system]
 """
 
 from __future__ import annotations
@@ -30,15 +30,13 @@ import sys
 import time
 from pathlib import Path
 
+import libvirt
+
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
+from tests.harness import run_module
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".collections"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import libvirt  # noqa: E402
-from harness import run_module  # noqa: E402
-
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection  # noqa: E402
 
 IMAGES = Path("/var/lib/libvirt/images")
 

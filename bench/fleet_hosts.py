@@ -13,7 +13,7 @@ On the test ground (tests/ground.py: hv1..hv3, each its own libvirtd and an sshd
   so with Ansible's start-up) against ``scp`` of the same file to the same place with the
   same key and options; also kvm_image beyond the idle play. The copy is removed between runs.
 
-    .venv/bin/python bench/fleet_hosts.py [--clones 30] [--pairs 3] [--size-mib 512]
+    .venv/bin/python -m bench.fleet_hosts [--clones 30] [--pairs 3] [--size-mib 512]
 
 It starts its own ground (refused if one is running) and stops it at the end.
 """
@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 from statistics import median
 
+from tests import ground as groundlib
+from tests import guestlib
+from tests.harness import playbook_env
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import ground as groundlib  # noqa: E402
-import guestlib  # noqa: E402
-from harness import playbook_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 IMAGES = "/var/lib/libvirt/images"

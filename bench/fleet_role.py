@@ -15,7 +15,7 @@ the script prints each round's "beyond idle" figures and their medians. Targets:
 most 5 s beyond idle, first at most 10 s. Everything it creates (domains ``vb-<hex>-*``,
 one directory under /var/lib/libvirt/images) is removed at the end, also on failure.
 
-    .venv/bin/python bench/fleet_role.py [--clones 100] [--rounds 3] [--no-loop]
+    .venv/bin/python -m bench.fleet_role [--clones 100] [--rounds 3] [--no-loop]
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fleet_clone import domain_xml
-from playlib import fmt, idle_play, median, play, remove_clones, workspace
+from bench.fleet_clone import domain_xml
+from bench.playlib import fmt, idle_play, median, play, remove_clones, workspace
 
 ROLE = """
 - name: The fleet

@@ -15,7 +15,7 @@ Rounds repeat setup, one and batch; the script prints each ratio batch / one and
 median. Target: batch <= 2x one. Everything it creates (domains ``vb-<hex>-*``, one scratch
 directory) is removed at the end, also on failure.
 
-    .venv/bin/python bench/fleet_shutdown.py [--guests 20] [--rounds 2] [--loop]
+    .venv/bin/python -m bench.fleet_shutdown [--guests 20] [--rounds 2] [--loop]
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".collections"))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import libvirt
 
-import guestlib  # noqa: E402
-import libvirt  # noqa: E402
-from harness import run_module  # noqa: E402
-from playlib import fmt, median  # noqa: E402
+from bench.playlib import fmt, median
+from tests import guestlib
+from tests.harness import run_module
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def ok(result: dict, what: str) -> dict:

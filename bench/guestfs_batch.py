@@ -15,7 +15,7 @@ creates (one directory under /var/lib/libvirt/images) is removed at the end, als
 failure. Not part of the tests; one appliance launch is ~20-60 s here, so the course
 part alone takes several minutes (``--course-files`` runs fewer and scales).
 
-    .venv/bin/python bench/guestfs_batch.py [--files 20] [--course-files 20]
+    .venv/bin/python -m bench.guestfs_batch [--files 20] [--course-files 20]
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".collections"))
-sys.path.insert(0, str(ROOT / "tests"))
+from tests import guestlib
+from tests.harness import run_module
 
-import guestlib  # noqa: E402
-from harness import run_module  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 IMAGES = Path("/var/lib/libvirt/images")
 ENV = {"LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}  # only for the course's commands; the module decides itself

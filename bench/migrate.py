@@ -19,7 +19,7 @@ copy, made once, not timed); the clones are removed from both hosts between runs
 pair: the module's ``transfer`` bytes and seconds, the wall time of the module run, the
 destination file's size and allocation, and the ratios overlay/full; then the medians.
 
-    .venv/bin/python bench/migrate.py [--pairs 3] [--live-pairs 3] [--data-mib 64] [--base-data-mib 512]
+    .venv/bin/python -m bench.migrate [--pairs 3] [--live-pairs 3] [--data-mib 64] [--base-data-mib 512]
 
 The test guest's base is tiny (~12 MiB); ``--base-data-mib`` adds that much data to it (past the
 guest's partitions, so it still boots) so the base weighs what a real one does.
@@ -34,24 +34,21 @@ import argparse
 import json
 import secrets
 import shutil
-import sys
 import time
 from pathlib import Path
 from statistics import median
 
+import libvirt
+from lxml import etree
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _drift
+from tests import ground as groundlib
+from tests import guestlib
+from tests.harness import run_module
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / ".collections"))
-
-import ground as groundlib  # noqa: E402
-import guestlib  # noqa: E402
-import libvirt  # noqa: E402
-from harness import run_module  # noqa: E402
-from lxml import etree  # noqa: E402
-
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils import _drift  # noqa: E402
 
 IMAGES = "/var/lib/libvirt/images"
 GROUND_ROOT = Path("/var/lib/virtops-ground-bench")

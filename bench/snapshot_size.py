@@ -18,7 +18,7 @@ the per-size lines also the median (target: create and delete stay near 1x while
 grows with the size). Everything it creates (domains ``vb-<hex>-*``, one directory under
 /var/lib/libvirt/images) is removed at the end, also on failure. Not part of the tests.
 
-    .venv/bin/python bench/snapshot_size.py [--sizes 64,1024,4096] [--repeat 5] [--no-live]
+    .venv/bin/python -m bench.snapshot_size [--sizes 64,1024,4096] [--repeat 5] [--no-live]
 """
 
 from __future__ import annotations
@@ -32,16 +32,14 @@ import sys
 import time
 from pathlib import Path
 
+import libvirt
+
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
+from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager
+from bench.fleet_clone import runner
+from tests import guestlib
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / ".collections"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import guestlib  # noqa: E402
-import libvirt  # noqa: E402
-from fleet_clone import runner  # noqa: E402
-
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection  # noqa: E402
-from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager  # noqa: E402
 
 IMAGES = Path("/var/lib/libvirt/images")
 LAYER_MIB = 32
