@@ -18,7 +18,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import act, identity, reset, result, space
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.journal import Journal
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import NONE, Item, Outcome, Plan
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import CREATE, NONE, Item, Outcome, Plan
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.plan import Planner
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import check_cloud_init
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.spec import normalize_clones
@@ -184,7 +184,7 @@ class CloneManager(Manager):
                 outcomes[item.name].identity = reports[item.name]
         return {item.name: outcomes[item.name] for item in items}
 
-    def _base_drift(self, plan: dict) -> list[str]:
+    def _base_drift(self, plan: Plan) -> list[str]:
         """Warn about clones whose base drifted, or with accept_base_change re-record it; the names re-recorded."""
         drifted = plan.drifted
         if not drifted:
@@ -206,7 +206,7 @@ class CloneManager(Manager):
 def _preview(item: Item) -> Outcome:
     """Check mode: the outcome a real run would have (the identity reset planned, not done)."""
     out = Outcome(ok=True, changed=item.action != NONE)
-    if item.action == "create" and item.identity:
+    if item.action == CREATE and item.identity:
         plan = item.identity
         out.identity = dict(
             hostname=plan["hostname"], planned=plan["operations"], files=[f["path"] for f in plan["files"]]

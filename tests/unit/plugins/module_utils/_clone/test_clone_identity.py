@@ -1,8 +1,8 @@
 """kvm_clone's offline identity reset against an in-memory fake libguestfs handle: no appliance is launched.
 
-The fake holds one filesystem per appliance device (one disk image -> its
-partitions), names the drives /dev/sda, /dev/sdb, ... in the order they are
-added, and routes every file call to the filesystem mounted there, so a
+The fake (``tests.fakes.FakeGuestFS``, shared with the _guestfs tests) holds one filesystem per
+appliance device (one disk image -> its partitions), names the drives /dev/sda, /dev/sdb, ... in
+the order they are added, and routes every file call to the filesystem mounted there, so a
 batch of clones in one launch can be checked clone by clone. The manager
 tests run on libvirt's test:///default with blank qcow2 disks in tmp_path
 (the fake never reads them).
@@ -10,344 +10,19 @@ tests run on libvirt's test:///default with blank qcow2 disks in tmp_path
 
 from __future__ import annotations
 
-import posixpath
 import re
 
-import clonelib
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import identity, sysprep
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import Item
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
+from tests import fakes
+from tests.fakes import FS, Appliances, FakeGuestFS, debian
 
 # --------------------------------------------------------------------------- the fake appliance
-
-
-class FS:
-    """One guest filesystem: files (path -> [bytes, mode, uid, gid]), directories and symlinks."""
-
-    def __init__(self, fstype: str = "ext4", uuid: str = "root-of-the-template"):
-        self.type, self.uuid = fstype, uuid
-        self.files: dict[str, list] = {}
-        self.dirs: dict[str, list] = {"/": [0o755, 0, 0]}
-        self.links: dict[str, str] = {}
-
-    def add(self, path: str, data=b"", mode: int = 0o644, uid: int = 0, gid: int = 0) -> FS:
-        self.mkdir_p(posixpath.dirname(path))
-        self.files[path] = [data.encode() if isinstance(data, str) else data, mode, uid, gid]
-        return self
-
-    def link(self, path: str, target: str) -> FS:
-        self.mkdir_p(posixpath.dirname(path))
-        self.links[path] = target
-        return self
-
-    def mkdir_p(self, path: str) -> None:
-        while path not in self.dirs:
-            self.dirs[path] = [0o755, 0, 0]
-            path = posixpath.dirname(path)
-
-    def text(self, path: str) -> str:
-        return self.files[path][0].decode()
-
-    def entries(self) -> list[str]:
-        return sorted([*self.files, *self.dirs, *self.links])
-
-    def resolve(self, path: str) -> str:
-        for _i in range(10):
-            if path not in self.links:
-                return path
-            target = self.links[path]
-            path = target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target)
-        return path
-
-
-def debian(hostname: str = "virtops-base", dbus_link: bool = False) -> FS:
-    """What the identity operations touch on a Debian-like template (the integration guest has the same)."""
-    fs = FS()
-    fs.add("/etc/hostname", f"{hostname}\n")
-    fs.add("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}.example.com\t{hostname}\n")
-    fs.add("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
-    fs.add("/etc/group", "root:x:0:\nstaff:x:50:alice\nalice:x:1000:\n")
-    fs.add("/etc/machine-id", "0123456789abcdef0123456789abcdef\n", mode=0o444)
-    if dbus_link:
-        fs.link("/var/lib/dbus/machine-id", "/etc/machine-id")
-    else:
-        fs.add("/var/lib/dbus/machine-id", "0123456789abcdef0123456789abcdef\n")
-    for key in ("ssh_host_ed25519_key", "ssh_host_rsa_key"):
-        fs.add(f"/etc/ssh/{key}", "PRIVATE", mode=0o600).add(f"/etc/ssh/{key}.pub", "PUBLIC")
-    fs.add("/etc/ssh/sshd_config", "PermitRootLogin no\n")
-    fs.add("/etc/udev/rules.d/70-persistent-net.rules", 'SUBSYSTEM=="net", NAME="eth0"\n')
-    fs.add("/etc/udev/rules.d/99-local.rules", "# mine\n")
-    fs.add("/var/lib/dhcp/dhclient.eth0.leases", "lease { }\n")
-    fs.add("/var/log/syslog", "boot of the template\n")
-    fs.add("/var/log/apt/history.log", "installed things\n")
-    fs.add("/var/log/empty.log", "")
-    fs.add("/var/log/journal/0123/system.journal", b"LPKSHHRH")
-    fs.link("/var/log/passwd-link", "/etc/passwd")
-    return fs
-
-
-class FakeGuestFS:
-    """guestfs.GuestFS(python_return_dict=True) for the calls the session and sysprep.py make."""
-
-    def __init__(self, image, launch_error=None, uuid_mountpoints=False, sync_error=None):
-        self.image = image  # disk path -> list of FS (its partitions; [] for a blank disk)
-        self.launch_error, self.sync_error = launch_error, sync_error
-        self.uuid_mountpoints = uuid_mountpoints  # fstab by UUID=: libguestfs names the first device with it
-        self.drives: list[tuple[str, dict]] = []
-        self.devices: dict[str, FS] = {}
-        self.blank: list[str] = []
-        self.mounts: dict[str, tuple[str, bool]] = {}
-        self.events: list[tuple] = []
-        self.network, self.settings, self.launches, self.closed = None, [], 0, False
-
-    # -- setup and lifecycle
-    def set_network(self, flag):
-        self.network = flag
-
-    def get_backend_settings(self):
-        return list(self.settings)
-
-    def set_backend_settings(self, settings):
-        self.settings = list(settings)
-
-    def get_backend(self):
-        return "direct"
-
-    def set_smp(self, n):
-        self.smp = n
-
-    def add_drive_opts(self, path, **opts):
-        assert self.launches == 0, "drives must be added before launch"
-        disk = "/dev/sd" + "abcdefghijklmnopqrstuvwxyz"[len(self.drives)]
-        self.drives.append((path, opts))
-        parts = self.image(path)
-        for j, fs in enumerate(parts, 1):
-            self.devices[f"{disk}{j}"] = fs
-        if not parts:
-            self.blank.append(disk)
-
-    def launch(self):
-        self.launches += 1
-        if self.launch_error:
-            raise RuntimeError(self.launch_error)
-
-    def sync(self):
-        self.events.append(("sync",))
-        if self.sync_error:
-            raise RuntimeError(self.sync_error)
-
-    def shutdown(self):
-        self.events.append(("shutdown",))
-
-    def close(self):
-        self.closed = True
-
-    # -- inspection and mounts
-    def list_filesystems(self):
-        return {**{d: fs.type for d, fs in self.devices.items()}, **{d: "unknown" for d in self.blank}}
-
-    def list_partitions(self):
-        return sorted(self.devices)
-
-    def list_devices(self):
-        return sorted({d.rstrip("0123456789") for d in self.devices} | set(self.blank))
-
-    def vfs_type(self, dev):
-        if dev not in self.devices:
-            raise RuntimeError(f"vfs_type: {dev}: no filesystem")
-        return self.devices[dev].type
-
-    def vfs_uuid(self, dev):
-        return self.devices[dev].uuid
-
-    def vfs_label(self, dev):
-        return ""
-
-    def inspect_os(self):
-        self.events.append(("inspect_os",))
-        return sorted(d for d, fs in self.devices.items() if "/etc" in fs.dirs)
-
-    def inspect_get_mountpoints(self, root):
-        if self.uuid_mountpoints:
-            root = min(d for d, fs in self.devices.items() if fs.uuid == self.devices[root].uuid)
-        return {"/": root}
-
-    def inspect_get_type(self, root):
-        return "linux"
-
-    def inspect_get_distro(self, root):
-        return "debian"
-
-    def inspect_get_product_name(self, root):
-        return "Debian GNU/Linux 12"
-
-    def inspect_get_major_version(self, root):
-        return 12
-
-    def inspect_get_minor_version(self, root):
-        return 0
-
-    def inspect_get_hostname(self, root):
-        return self.devices[root].text("/etc/hostname").strip()
-
-    def mount(self, dev, mp):
-        self._mount(dev, mp, True)
-
-    def mount_ro(self, dev, mp):
-        self._mount(dev, mp, False)
-
-    def _mount(self, dev, mp, writable):
-        self.events.append(("mount" if writable else "mount_ro", dev, mp))
-        if dev not in self.devices:
-            raise RuntimeError(f"mount: {dev}: No such file or directory")
-        if mp != "/" and not self.is_dir(mp):
-            raise RuntimeError(f"mount: {mp}: No such file or directory")
-        self.mounts[mp] = (dev, writable)
-
-    def umount_all(self):
-        self.events.append(("umount_all",))
-        self.mounts.clear()
-
-    # -- file calls, on whatever is mounted
-    def _at(self, path: str, write: bool = False) -> tuple[FS, str, str]:
-        if not path.startswith("/"):
-            raise RuntimeError(f"{path}: path must start with a / character")
-        if "/" not in self.mounts:
-            raise RuntimeError("you must call 'mount' first to mount the root filesystem")
-        mp = max((m for m in self.mounts if path == m or path.startswith(m.rstrip("/") + "/")), key=len)
-        dev, writable = self.mounts[mp]
-        if write and not writable:
-            raise RuntimeError(f"{path}: Read-only file system")
-        rel = path if mp == "/" else "/" + path[len(mp) :].lstrip("/")
-        if write:
-            self.events.append(("write", dev, rel))
-        return self.devices[dev], rel, mp
-
-    def is_file(self, path, followsymlinks=False):
-        fs, rel, _mp = self._at(path)
-        return (fs.resolve(rel) if followsymlinks else rel) in fs.files
-
-    def is_dir(self, path, followsymlinks=False):
-        fs, rel, _mp = self._at(path)
-        return (fs.resolve(rel) if followsymlinks else rel) in fs.dirs
-
-    def is_symlink(self, path):
-        fs, rel, _mp = self._at(path)
-        return rel in fs.links
-
-    def exists(self, path):
-        fs, rel, _mp = self._at(path)
-        return fs.resolve(rel) in fs.files or fs.resolve(rel) in fs.dirs
-
-    def cat(self, path):
-        fs, rel, _mp = self._at(path)
-        rel = fs.resolve(rel)
-        if rel not in fs.files:
-            raise RuntimeError(f"cat: {path}: No such file or directory")
-        return fs.files[rel][0].decode()
-
-    def statns(self, path):
-        fs, rel, _mp = self._at(path)
-        _data, mode, uid, gid = fs.files[fs.resolve(rel)]
-        return {"st_mode": 0o100000 | mode, "st_uid": uid, "st_gid": gid}
-
-    def filesize(self, path):
-        fs, rel, _mp = self._at(path)
-        return len(fs.files[fs.resolve(rel)][0])
-
-    def write(self, path, content):
-        assert isinstance(content, (bytes, str)), content
-        fs, rel, _mp = self._at(path, write=True)
-        rel = fs.resolve(rel)
-        if rel in fs.dirs:
-            raise RuntimeError(f"open: {path}: Is a directory")
-        if posixpath.dirname(rel) not in fs.dirs:
-            raise RuntimeError(f"open: {path}: No such file or directory")
-        old = fs.files.get(rel, [b"", 0o644, 0, 0])
-        fs.files[rel] = [content.encode() if isinstance(content, str) else bytes(content), *old[1:]]
-
-    def truncate(self, path):
-        fs, rel, _mp = self._at(path, write=True)
-        fs.files[fs.resolve(rel)][0] = b""
-
-    def ln_sf(self, target, linkname):
-        fs, rel, _mp = self._at(linkname, write=True)
-        fs.link(rel, target)
-
-    def rm_rf(self, path):
-        fs, rel, _mp = self._at(path, write=True)
-        below = rel.rstrip("/") + "/"
-        for table in (fs.files, fs.dirs, fs.links):
-            for p in [p for p in table if p == rel or p.startswith(below)]:
-                del table[p]
-
-    def rm(self, path):
-        fs, rel, _mp = self._at(path, write=True)
-        if rel in fs.links:
-            del fs.links[rel]
-        elif rel in fs.files:
-            del fs.files[rel]
-        else:
-            raise RuntimeError(f"rm: {path}: No such file or directory (or a directory)")
-
-    def mkdir_p(self, path):
-        fs, rel, _mp = self._at(path, write=True)
-        up = rel
-        while up not in fs.dirs:
-            if up in fs.files or up in fs.links:
-                raise RuntimeError(f"mkdir_p: {path}: File exists")
-            up = posixpath.dirname(up)
-        fs.mkdir_p(rel)
-
-    def chmod(self, mode, path):
-        fs, rel, _mp = self._at(path, write=True)
-        entry = fs.files.get(fs.resolve(rel)) or fs.dirs[fs.resolve(rel)]
-        entry[-3] = mode
-
-    def chown(self, uid, gid, path):
-        fs, rel, _mp = self._at(path, write=True)
-        entry = fs.files.get(fs.resolve(rel)) or fs.dirs[fs.resolve(rel)]
-        entry[-2:] = [uid, gid]
-
-    def glob_expand(self, pattern):
-        fs, _rel, mp = self._at(pattern.split("*")[0].rsplit("/", 1)[0] or "/")
-        prefix = "" if mp == "/" else mp.rstrip("/")
-        pat = pattern[len(prefix) :]
-        rx = re.compile("^" + re.escape(pat).replace(r"\*", "[^/]*").replace(r"\?", "[^/]") + "$")
-        return [prefix + p + ("/" if p in fs.dirs else "") for p in fs.entries() if p != "/" and rx.match(p)]
-
-    def find(self, directory):
-        fs, rel, _mp = self._at(directory)
-        if rel not in fs.dirs:
-            raise RuntimeError(f"find: {directory}: No such file or directory")
-        base = rel.rstrip("/")
-        # libguestfs 1.48 (Debian 12) names what it finds with a leading '/': '/apt/history.log'
-        return [p[len(base) :] for p in fs.entries() if p.startswith(base + "/")]
-
-
-class Appliances:
-    """The handle_factory: each call is one new appliance over the same disk images (default: a Debian guest)."""
-
-    def __init__(self, images=None, **handle_kw):
-        self.images = dict(images or {})  # disk path -> [FS, ...]
-        self.handle_kw = handle_kw
-        self.handles: list[FakeGuestFS] = []
-
-    def content(self, path: str) -> list[FS]:
-        if path not in self.images:
-            self.images[path] = [debian()]
-        return self.images[path]
-
-    def __call__(self) -> FakeGuestFS:
-        h = FakeGuestFS(self.content, **self.handle_kw)
-        self.handles.append(h)
-        return h
-
-    def root(self, path) -> FS:
-        return self.images[str(path)][0]
 
 
 def mounted(fs: FS) -> FakeGuestFS:
@@ -671,9 +346,11 @@ def test_clone_plan_needs_a_valid_host_name():
 # --------------------------------------------------------------------------- identity: one appliance per batch
 
 
-def item(name: str, *disks: str, config=None, **kw) -> dict:
+def item(name: str, *disks: str, config=None, **kw) -> Item:
     paths = disks or (f"/img/{name}.qcow2",)
-    return dict(
+    return Item(
+        action="create",
+        spec=spec(name, **kw),
         name=name,
         disks=[dict(path=p, format="qcow2") for p in paths],
         identity=identity.clone_plan(spec(name, **kw), config or cfg()),
@@ -830,19 +507,19 @@ TPL = "ut-tpl"
 
 @pytest.fixture
 def conn():
-    c, close = clonelib.open_conn()
+    c, close = fakes.open_conn()
     yield c
     close()
 
 
 @pytest.fixture
 def tpl(conn, tmp_path):
-    return clonelib.make_template(conn, tmp_path, TPL)
+    return fakes.make_template(conn, tmp_path, TPL)
 
 
 def manager(conn, tmp_path, apps, check_mode=False, **params):
     params.setdefault("template", TPL)
-    return clonelib.clone_manager(conn, tmp_path, check_mode, handle_factory=apps, **params)
+    return fakes.clone_manager(conn, tmp_path, check_mode, handle_factory=apps, **params)
 
 
 def files_in(tmp_path) -> list[str]:
@@ -877,10 +554,10 @@ def test_check_mode_plans_the_reset_and_launches_nothing(conn, tpl, tmp_path):
 
 
 def test_chunks_keep_every_appliance_under_the_drive_limit():
-    items = [dict(name=f"c{i}", disks=[{}] * (2 if i % 3 == 0 else 1)) for i in range(300)]
+    items = [Item(action="create", spec={}, name=f"c{i}", disks=[{}] * (2 if i % 3 == 0 else 1)) for i in range(300)]
     cut = identity.chunks(items)
-    assert [i["name"] for c in cut for i in c] == [i["name"] for i in items]  # in order, each once
-    assert all(sum(len(i["disks"]) for i in c) <= identity.MAX_DRIVES for c in cut)
+    assert [i.name for c in cut for i in c] == [i.name for i in items]  # in order, each once
+    assert all(sum(len(i.disks) for i in c) <= identity.MAX_DRIVES for c in cut)
     assert len(cut) == 2
     assert identity.chunks(items[:3], limit=2) == [[items[0]], [items[1], items[2]]]
     assert identity.chunks([]) == []
