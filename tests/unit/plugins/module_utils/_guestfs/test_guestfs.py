@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
 import stat
@@ -24,128 +23,32 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs import drives, mount, read
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.manager import GuestfsManager
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock
+from tests import fakes
+from tests.fakes import FS, FakeGuestFS, FakeRunner
 
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n"
 GROUP = b"root:x:0:\nstaff:x:50:\n"
-
-
-class FakeGuestFS:
-    """Just enough of guestfs.GuestFS(python_return_dict=True) for the read logic."""
-
-    def __init__(self, files=None, dirs=(), filesystems=None, roots=(), mountpoints=None, launch_error=None):
-        self.files = dict(files or {})  # path -> (bytes, mode, uid, gid)
-        self.dirs = {"/", *dirs}
-        self.fs = filesystems if filesystems is not None else {"/dev/sda1": "ext4"}
-        self.roots = list(roots)
-        self.mountpoints = mountpoints or {}
-        self.launch_error = launch_error
-        self.launches = 0
-        self.drives = []
-        self.network = None
-        self.settings = []
-        self.mounted = []
-        self.calls = []
-        self.closed = False
-
-    # setup
-    def set_network(self, flag):
-        self.network = flag
-
-    def get_backend_settings(self):
-        return list(self.settings)
-
-    def set_backend_settings(self, settings):
-        self.settings = list(settings)
-
-    def get_backend(self):
-        return "direct"
-
-    def add_drive_opts(self, path, **opts):
-        assert self.launches == 0, "drives must be added before launch"
-        self.drives.append((path, opts))
-
-    def launch(self):
-        self.launches += 1
-        if self.launch_error:
-            raise RuntimeError(self.launch_error)
-
-    def shutdown(self):
-        self.calls.append("shutdown")
-
-    def close(self):
-        self.closed = True
-
-    # filesystems
-    def list_filesystems(self):
-        return dict(self.fs)
-
-    def inspect_os(self):
-        self.calls.append("inspect_os")
-        return list(self.roots)
-
-    def inspect_get_mountpoints(self, root):
-        return dict(self.mountpoints)
-
-    def inspect_get_type(self, root):
-        return "linux"
-
-    def inspect_get_distro(self, root):
-        return "debian"
-
-    def inspect_get_product_name(self, root):
-        return "Debian 12"
-
-    def inspect_get_major_version(self, root):
-        return 12
-
-    def inspect_get_minor_version(self, root):
-        return 0
-
-    def inspect_get_hostname(self, root):
-        return "guest1"
-
-    def mount_ro(self, dev, mp):
-        if dev not in self.fs:
-            raise RuntimeError(f"mount_ro: {dev}: No such file or directory")
-        self.mounted.append((dev, mp))
-
-    # files
-    def exists(self, path):
-        return int(path in self.files or path in self.dirs)
-
-    def is_dir(self, path, followsymlinks=None):
-        return path in self.dirs
-
-    def is_file(self, path, followsymlinks=None):
-        return path in self.files
-
-    def statns(self, path):
-        if path in self.dirs:
-            return dict(st_mode=stat.S_IFDIR | 0o755, st_size=4096, st_uid=0, st_gid=0, st_mtime_sec=1)
-        if path not in self.files:
-            raise RuntimeError(f"statns: {path}: No such file or directory")
-        data, mode, uid, gid = self.files[path]
-        return dict(st_mode=mode, st_size=len(data), st_uid=uid, st_gid=gid, st_mtime_sec=1700000000)
-
-    def pread(self, path, count, offset):
-        self.calls.append(("pread", path))
-        if path not in self.files:
-            raise RuntimeError(f"pread: {path}: No such file or directory")
-        return self.files[path][0][offset : offset + count]
-
-    def ls(self, path):
-        prefix = path.rstrip("/") + "/"
-        names = {p[len(prefix) :].split("/")[0] for p in [*self.files, *self.dirs] if p.startswith(prefix)}
-        return sorted(n for n in names if n)
 
 
 def reg(data: bytes, perm: int = 0o644, uid: int = 0, gid: int = 0):
     return (data, stat.S_IFREG | perm, uid, gid)
 
 
+def one_disk(files=None, dirs=(), filesystems=None, roots=(), **kw) -> FakeGuestFS:
+    """A fake appliance whose every filesystem (default: /dev/sda1, ext4) shows ``files`` and ``dirs``."""
+    content = FS()
+    for path, (data, mode, uid, gid) in (files or {}).items():
+        content.add(path, data, stat.S_IMODE(mode), uid, gid)
+    for path in dirs:
+        content.mkdir_p(path)
+    fss = filesystems if filesystems is not None else {"/dev/sda1": "ext4"}
+    return FakeGuestFS(devices={d: content.typed(t) for d, t in fss.items()}, roots=roots, **kw)
+
+
 def guest(**kw) -> FakeGuestFS:
     files = {"/etc/passwd": reg(PASSWD), "/etc/group": reg(GROUP), **kw.pop("files", {})}
-    return FakeGuestFS(files=files, dirs={"/etc", *kw.pop("dirs", ())}, **kw)
+    return one_disk(files=files, dirs={"/etc", *kw.pop("dirs", ())}, **kw)
 
 
 def session(handle, force_tcg=False):
@@ -172,7 +75,7 @@ def test_one_launch_for_many_paths_readonly_no_network():
     ]
     assert h.network is False
     assert h.settings == ["force_tcg"]
-    assert h.closed and "shutdown" in h.calls
+    assert h.closed and ("shutdown",) in h.events
     assert result["files"]["/etc/f7"]["content"] == "file 7\n"
     assert result["dirs"]["/etc"][:3] == ["f0", "f1", "f10"]
     assert result["changed"] is False
@@ -229,7 +132,7 @@ def test_text_file_metadata_and_owner_names():
 
 
 def test_unknown_uid_is_reported_as_number():
-    h = FakeGuestFS(files={"/x": reg(b"a", uid=4242, gid=7)})
+    h = one_disk(files={"/x": reg(b"a", uid=4242, gid=7)})
     f = read.read_guest(session(h), paths=["/x"])["files"]["/x"]
     assert (f["owner"], f["group"]) == ("4242", "7")
 
@@ -271,7 +174,7 @@ def test_oversized_file_is_an_error_never_truncated():
     assert entry["size"] == 2000 and entry["exists"] is True
     assert "2000 bytes" in entry["error"] and "max_size 1000" in entry["error"]
     assert "2000 bytes" in exc.value.message
-    assert ("pread", "/var/big") not in h.calls  # not even read
+    assert ("pread", "/var/big") not in h.events  # not even read
     assert exc.value.details["files"]["/etc/hosts"]["content"] == "small"
 
 
@@ -280,7 +183,7 @@ def test_large_file_is_read_in_chunks_whole():
     h = guest(files={"/var/big.bin": reg(data)})
     f = read.read_guest(session(h), paths=["/var/big.bin"], max_size=4 << 20)["files"]["/var/big.bin"]
     assert base64.b64decode(f["content_b64"]) == data
-    assert h.calls.count(("pread", "/var/big.bin")) == 3
+    assert h.events.count(("pread", "/var/big.bin")) == 3
 
 
 def test_file_exactly_max_size_is_read():
@@ -318,9 +221,10 @@ def test_relative_guest_path_is_refused_before_launch(bad):
 
 
 def test_explicit_mounts_skip_inspection_and_mount_shortest_first():
-    h = guest(filesystems={"/dev/sda1": "ext4", "/dev/sda2": "ext4", "/dev/sda3": "vfat"})
+    # one content behind every device: /boot for sda2 on sda1, /efi for sda3 on sda2
+    h = guest(filesystems={"/dev/sda1": "ext4", "/dev/sda2": "ext4", "/dev/sda3": "vfat"}, dirs=["/boot", "/efi"])
     r = read.read_guest(session(h), mounts={"/dev/sda3": "/boot/efi", "/dev/sda2": "/boot", "/dev/sda1": "/"})
-    assert "inspect_os" not in h.calls
+    assert ("inspect_os",) not in h.events
     assert h.mounted == [("/dev/sda1", "/"), ("/dev/sda2", "/boot"), ("/dev/sda3", "/boot/efi")]
     assert r["inspection"] is None
 
@@ -334,6 +238,8 @@ def test_explicit_mount_of_unknown_device_lists_filesystems():
 
 def test_inspection_findings_and_mount_order():
     h = guest(
+        files={"/etc/hostname": reg(b"guest1\n")},
+        dirs=["/boot"],
         filesystems={"/dev/sda1": "ext4", "/dev/sda2": "ext4"},
         roots=["/dev/sda2"],
         mountpoints={"/boot": "/dev/sda1", "/": "/dev/sda2"},
@@ -345,7 +251,7 @@ def test_inspection_findings_and_mount_order():
         "root": "/dev/sda2",
         "os_type": "linux",
         "distro": "debian",
-        "product_name": "Debian 12",
+        "product_name": "Debian GNU/Linux 12",
         "version": "12.0",
         "hostname": "guest1",
         "mountpoints": {"/boot": "/dev/sda1", "/": "/dev/sda2"},
@@ -495,16 +401,6 @@ def test_mount_entry_and_guestmount_detection(tmp_path):
     assert mount.mount_entry("/srv/other", str(mi)) is None
 
 
-class FakeRunner:
-    def __init__(self, results):
-        self.results = list(results)
-        self.calls = []
-
-    def __call__(self, argv, env=None):
-        self.calls.append((argv, env))
-        return self.results.pop(0)
-
-
 def test_guestmount_argv_readonly_nonempty_pidfile(tmp_path):
     gm = mount.GuestMount(FakeRunner([]), str(tmp_path / "mp"), pid_dir=str(tmp_path / "run"))
     disks = [{"path": "/img/a.qcow2", "format": "qcow2"}]
@@ -552,7 +448,7 @@ def test_unmount_waits_for_guestmount_process_to_exit(tmp_path):
         with open(gm.pid_file, "w") as f:
             f.write(f"{child.pid}\n")
         polls = []
-        gm.sleep = lambda s: polls.append(s) or child.wait(5)
+        gm.clock = Clock(sleep=lambda s: polls.append(s) or child.wait(5))
         gm.unmount({}, timeout=30)
         assert runner.calls[0][0] == ["guestunmount", str(tmp_path / "mp")]
         assert child.poll() is not None
@@ -569,8 +465,7 @@ def test_unmount_times_out_when_guestmount_does_not_exit(tmp_path):
         with open(gm.pid_file, "w") as f:
             f.write(str(child.pid))
         now = [0.0]
-        gm.clock = lambda: now[0]
-        gm.sleep = lambda s: now.__setitem__(0, now[0] + 10)
+        gm.clock = Clock(lambda: now[0], lambda s: now.__setitem__(0, now[0] + 10))
         with pytest.raises(TimeoutExpired) as exc:
             gm.unmount({}, timeout=25)
         assert str(child.pid) in exc.value.message
@@ -582,52 +477,12 @@ def test_unmount_times_out_when_guestmount_does_not_exit(tmp_path):
 # --------------------------------------------------------------------------- the manager (libvirt test driver)
 
 
-# the managers' own (lazy) connections, closed by the testconn fixture
-_OPENED: list[Connection] = []
-
-
-@pytest.fixture
-def testconn():
-    libvirt = pytest.importorskip("libvirt")
-    conn = libvirt.open("test:///default")
-    created = []
-    yield conn, created
-    while _OPENED:
-        _OPENED.pop().close()
-    for dom in created:
-        with contextlib.suppress(libvirt.libvirtError):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    conn.close()
-
-
-def define(conn, created, name, disk, running):
-    dom = conn.defineXML(
-        f"""<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os>
-        <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/>
-        <target dev='vda' bus='virtio'/></disk></devices></domain>"""
-    )
-    created.append(dom)
-    if running:
-        dom.create()
-    return dom
-
-
-def manager(conn, params, handle, check_mode=False, uri=None):
-    """A manager on its own lazy connection to ``conn``'s URI (test:///default shares its state)."""
-    connection = Connection(uri or conn.getURI())
-    _OPENED.append(connection)
-    p = {"state": "read", "force_tcg": "no", **params}
-    return GuestfsManager(p, connection, check_mode, runner=FakeRunner([]), handle_factory=lambda: handle)
-
-
 def test_manager_reads_domain_disks(testconn, qcow2):
     conn, created = testconn
     top = qcow2[0]
-    define(conn, created, "vt-gfs-off", top, running=False)
+    fakes.define_domain(conn, created, "vt-gfs-off", top, running=False)
     h = guest(files={"/etc/hosts": reg(b"hi")})
-    r = manager(conn, dict(domain="vt-gfs-off", paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}), h).run()
+    r = fakes.guestfs_manager(conn, dict(domain="vt-gfs-off", paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}), h).run()
     assert h.drives == [(str(top), {"readonly": True, "format": "qcow2"})]
     assert r["files"]["/etc/hosts"]["content"] == "hi"
     assert r["appliance"]["force_tcg"] is False and r["mounted"] is False
@@ -636,17 +491,17 @@ def test_manager_reads_domain_disks(testconn, qcow2):
 def test_manager_refuses_running_domain_unless_allowed(testconn, qcow2):
     conn, created = testconn
     top = qcow2[0]
-    define(conn, created, "vt-gfs-on", top, running=True)
+    fakes.define_domain(conn, created, "vt-gfs-on", top, running=True)
     h = guest(files={"/etc/hosts": reg(b"hi")})
     with pytest.raises(GuestfsError) as exc:
-        manager(conn, dict(domain="vt-gfs-on", paths=["/etc/hosts"]), h).run()
+        fakes.guestfs_manager(conn, dict(domain="vt-gfs-on", paths=["/etc/hosts"]), h).run()
     assert "running domain(s) vt-gfs-on" in exc.value.message and "allow_running" in exc.value.message
     assert h.launches == 0
     # the same disk given by path is refused too
     with pytest.raises(GuestfsError):
-        manager(conn, dict(disks=[str(top)], paths=["/etc/hosts"]), h).run()
+        fakes.guestfs_manager(conn, dict(disks=[str(top)], paths=["/etc/hosts"]), h).run()
     assert h.launches == 0
-    m = manager(conn, dict(domain="vt-gfs-on", paths=["/etc/hosts"], allow_running=True), h)
+    m = fakes.guestfs_manager(conn, dict(domain="vt-gfs-on", paths=["/etc/hosts"], allow_running=True), h)
     r = m.run()
     assert r["files"]["/etc/hosts"]["content"] == "hi"
     assert h.drives[0][1]["readonly"] is True
@@ -656,13 +511,13 @@ def test_manager_refuses_running_domain_unless_allowed(testconn, qcow2):
 def test_manager_unknown_domain(testconn):
     conn = testconn[0]
     with pytest.raises(DomainNotFound):
-        manager(conn, dict(domain="vt-gfs-nope"), guest()).run()
+        fakes.guestfs_manager(conn, dict(domain="vt-gfs-nope"), guest()).run()
 
 
 def test_manager_paths_refused_with_mount_states(testconn):
     conn = testconn[0]
     with pytest.raises(InvalidInput):
-        manager(conn, dict(state="unmounted", mount_point="/srv/x", paths=["/etc/hosts"]), guest()).run()
+        fakes.guestfs_manager(conn, dict(state="unmounted", mount_point="/srv/x", paths=["/etc/hosts"]), guest()).run()
 
 
 def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path, monkeypatch):
@@ -670,7 +525,9 @@ def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path,
     top = qcow2[0]
     mp = tmp_path / "mp"
     runner = FakeRunner([])
-    m = manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest(), check_mode=True)
+    m = fakes.guestfs_manager(
+        conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest(), check_mode=True
+    )
     m.runner = runner
     r = m.run()
     assert r["changed"] is True and r["mounted"] is True and runner.calls == []
@@ -678,9 +535,9 @@ def test_manager_mounted_check_mode_and_foreign_mount(testconn, qcow2, tmp_path,
     # something that is not a guestmount on the mount point is refused, for both states
     monkeypatch.setattr(mount.GuestMount, "entry", lambda self: {"fstype": "tmpfs", "source": "tmpfs"})
     with pytest.raises(Conflict):
-        manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest()).run()
+        fakes.guestfs_manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(mp)), guest()).run()
     with pytest.raises(Conflict):
-        manager(conn, dict(state="unmounted", mount_point=str(mp)), guest()).run()
+        fakes.guestfs_manager(conn, dict(state="unmounted", mount_point=str(mp)), guest()).run()
 
 
 def test_manager_mounted_again_is_unchanged_and_other_disks_conflict(testconn, qcow2, tmp_path, monkeypatch):
@@ -688,17 +545,17 @@ def test_manager_mounted_again_is_unchanged_and_other_disks_conflict(testconn, q
     top, base = qcow2
     monkeypatch.setattr(mount.GuestMount, "entry", lambda self: {"fstype": "fuse", "source": "/dev/fuse"})
     monkeypatch.setattr(mount.GuestMount, "mounted_images", lambda self: [str(top)])
-    r = manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(tmp_path)), guest()).run()
+    r = fakes.guestfs_manager(conn, dict(disks=[str(top)], state="mounted", mount_point=str(tmp_path)), guest()).run()
     assert r["changed"] is False and r["mounted"] is True
     with pytest.raises(Conflict):
-        manager(conn, dict(disks=[str(base)], state="mounted", mount_point=str(tmp_path)), guest()).run()
+        fakes.guestfs_manager(conn, dict(disks=[str(base)], state="mounted", mount_point=str(tmp_path)), guest()).run()
 
 
 def test_manager_refuses_only_writers_not_readers_or_backing_users(testconn, qcow2):
     """running_users keeps the active, writable, own-disk users of the one HostScan."""
     conn, created = testconn
     top, base = qcow2
-    define(conn, created, "vt-gfs-overlay", top, running=True)  # runs on top, which base backs
+    fakes.define_domain(conn, created, "vt-gfs-overlay", top, running=True)  # runs on top, which base backs
     ro = conn.defineXML(
         f"""<domain type='test'><name>vt-gfs-ro</name><memory>65536</memory><os><type>hvm</type></os>
         <devices><disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{base}'/>
@@ -706,7 +563,7 @@ def test_manager_refuses_only_writers_not_readers_or_backing_users(testconn, qco
     )
     created.append(ro)
     ro.create()
-    m = manager(conn, dict(disks=[str(base)], paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}), guest())
+    m = fakes.guestfs_manager(conn, dict(disks=[str(base)], paths=["/etc/hosts"], mounts={"/dev/sda1": "/"}), guest())
     assert m.run()["files"]["/etc/hosts"]["exists"] is False
     assert not any("inconsistent" in w for w in m.warnings)
 
@@ -737,7 +594,9 @@ def test_manager_session_warnings_survive_a_failed_read(testconn, qcow2):
         raise RuntimeError("appliance closed early")
 
     h.shutdown = shutdown
-    m = manager(conn, dict(disks=[str(top)], paths=["/nope"], fail_missing=True, mounts={"/dev/sda1": "/"}), h)
+    m = fakes.guestfs_manager(
+        conn, dict(disks=[str(top)], paths=["/nope"], fail_missing=True, mounts={"/dev/sda1": "/"}), h
+    )
     with pytest.raises(GuestfsError):
         m.run()
     assert m.warnings == ["libguestfs shutdown reported: appliance closed early"]
@@ -753,7 +612,7 @@ def test_manager_spec_defaults_and_needs(testconn, qcow2):
     assert "uri" in kwargs["argument_spec"] and kwargs["mutually_exclusive"] == [("domain", "disks")]
     # options not given come from the spec; max_size given reaches the read run
     h = guest(files={"/f": reg(b"a" * 11)})
-    m = manager(conn, dict(disks=[str(top)], paths=["/f"], max_size=10, mounts={"/dev/sda1": "/"}), h)
+    m = fakes.guestfs_manager(conn, dict(disks=[str(top)], paths=["/f"], max_size=10, mounts={"/dev/sda1": "/"}), h)
     assert m.p["unmount_timeout"] == 120 and m.p["state"] == "read"
     with pytest.raises(GuestfsError) as exc:
         m.run()
