@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from fleet_clone import cleanup as remove_clones
+from bench.fleet_clone import cleanup as remove_clones
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -97,3 +97,18 @@ def workspace(uri: str) -> Iterator[tuple[str, Path, object]]:
         finally:
             conn.close()
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_guest_template(conn, prefix: str, workdir: Path, memory_mib: int = 192) -> tuple[str, Path]:
+    """The bootable test guest as template ``<prefix>-tpl``, defined on a copy of its base in ``workdir``.
+
+    The copy is ``workdir/base.qcow2``, the one file ``remove_clones`` keeps; returns (template, disk).
+    """
+    from tests import guestlib
+
+    tpl = f"{prefix}-tpl"
+    disk = workdir / "base.qcow2"
+    shutil.copyfile(guestlib.build_guest()["base"], disk)
+    os.chmod(disk, 0o644)
+    conn.defineXML(guestlib.domain_xml(tpl, disk, workdir / f"{tpl}.log", kind="disk", memory_mib=memory_mib))
+    return tpl, disk

@@ -19,7 +19,7 @@ template unsealed (the per-batch offline reset, in appliances of at most 250 dri
 must complete; the time is printed. Everything it creates (domains ``vb-<hex>-*``, one
 directory under /var/lib/libvirt/images) is removed at the end, also on failure.
 
-    .venv/bin/python bench/sealed_clones.py [--clones 50] [--pairs 3] [--unsealed 300]
+    .venv/bin/python -m bench.sealed_clones [--clones 50] [--pairs 3] [--unsealed 300]
 """
 
 from __future__ import annotations
@@ -27,19 +27,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+from bench.playlib import fmt, idle_play, median, play, remove_clones, test_guest_template, workspace
+from tests import guestlib
 
-import guestlib  # noqa: E402
-from playlib import fmt, idle_play, median, play, remove_clones, workspace  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 SEAL = """
 - name: Seal the template
@@ -123,13 +120,8 @@ def main() -> int:
     ap.add_argument("--unsealed", type=int, default=0, help="also time one task making this many unsealed clones")
     ap.add_argument("--uri", default=os.environ.get("LIBVIRT_DEFAULT_URI", "qemu:///system"))
     opts = ap.parse_args()
-    guest = guestlib.build_guest()
     with workspace(opts.uri) as (prefix, workdir, conn):
-        tpl = f"{prefix}-tpl"
-        disk = workdir / "base.qcow2"  # the one file remove_clones keeps
-        shutil.copyfile(guest["base"], disk)
-        os.chmod(disk, 0o644)
-        conn.defineXML(guestlib.domain_xml(tpl, disk, workdir / f"{tpl}.log", kind="disk", memory_mib=192))
+        tpl, disk = test_guest_template(conn, prefix, workdir)
         names = [f"{prefix}-s{i:03d}" for i in range(opts.clones)]
         print(f"{os.cpu_count()} CPUs; uri {opts.uri}; {opts.pairs} pairs; batch of {opts.clones}", flush=True)
         if opts.unsealed:
