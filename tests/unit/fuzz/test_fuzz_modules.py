@@ -5,46 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import zlib
-from pathlib import Path
 
 import fuzz_harness as fh
 import fuzz_strategies as fs
 import pytest
-from hypothesis import HealthCheck, example, given, seed, settings
+from hypothesis import example, given, seed
 from hypothesis import strategies as st
-from hypothesis.database import DirectoryBasedExampleDatabase
-
-DB = Path(__file__).resolve().parent / ".hypothesis-db"
-
-
-def fuzz_settings(target: str) -> settings:
-    """Bounded and reproducible: a fixed seed per target, N inputs, the committed example database first."""
-    return settings(
-        max_examples=fh.examples(),
-        deadline=None,
-        database=DirectoryBasedExampleDatabase(str(DB / target)),
-        suppress_health_check=list(HealthCheck),
-        print_blob=False,
-    )
-
-
-def target_seed(target: str) -> int:
-    return zlib.crc32(target.encode())
-
-
-def skip_known_bad(target: str) -> None:
-    reason = fh.KNOWN_BAD.get(target)
-    if reason and not os.environ.get("VIRTOPS_FUZZ_KNOWN_BAD"):
-        fh.COUNTS[target] = {
-            "inputs": 0,
-            "failed": 0,
-            "slowest": 0.0,
-            "seconds": 0.0,
-            "outcomes": {},
-            "status": f"KNOWN_BAD: {reason}",
-        }
-        pytest.skip(f"KNOWN_BAD (fuzz_harness.py): {reason}; VIRTOPS_FUZZ_KNOWN_BAD=1 runs it")
 
 
 @pytest.fixture
@@ -60,13 +26,13 @@ def base(tmp_path):
 
 @pytest.mark.parametrize("name", fh.module_names())
 def test_module_fuzz(name, base, monkeypatch):
-    skip_known_bad(name)
+    fh.skip_known_bad(name)
     kwargs = fh.argument_spec(name)
     runner = fh.Runner(name, base, monkeypatch)
     try:
 
-        @seed(target_seed(name))
-        @fuzz_settings(name)
+        @seed(fh.target_seed(name))
+        @fh.fuzz_settings(name)
         @given(
             args=fs.for_spec(name, kwargs),
             check_mode=st.booleans(),
