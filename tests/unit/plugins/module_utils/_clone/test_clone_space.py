@@ -16,13 +16,9 @@ import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import space
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, StorageError
+from tests.fakes import runner
 
 MiB = space.MiB
-
-
-def runner(argv, env=None):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
 
 
 def qimg(*args):

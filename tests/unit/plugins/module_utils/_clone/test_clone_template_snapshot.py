@@ -16,13 +16,9 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.template import load_template
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
+from tests.fakes import runner
 
 TPL = "ut-layered"
-
-
-def runner(argv, env=None):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
 
 
 def xml(name: str, disk: str) -> str:

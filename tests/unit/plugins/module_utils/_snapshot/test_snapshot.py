@@ -31,13 +31,9 @@ from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.context impo
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.info import SnapshotInfoManager
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager
 from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock
+from tests.fakes import Held, runner
 
 DOM = "ut-snap"
-
-
-def runner(argv, env=None):
-    p = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return p.returncode, p.stdout, p.stderr
 
 
 def qemu_img(*args):
@@ -89,18 +85,6 @@ def conn():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
     c.close()
-
-
-class Held:
-    """The manager's connection, holding the test's open virConnect."""
-
-    uri = "test:///default"
-
-    def __init__(self, conn):
-        self.conn = conn
-
-    def close(self) -> None:
-        pass
 
 
 def manager(conn, check=False, **params):
