@@ -430,6 +430,7 @@ class Runner:
             mp.setattr(basic.AnsibleModule, "_return_formatted", record)
 
         from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+        from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock
 
         stub = types.SimpleNamespace(GuestFS=sandbox.stub_guestfs_handle)
         mp.setitem(_deps._LAZY, "guestfs", (stub, None))
@@ -440,7 +441,7 @@ class Runner:
             "handle_factory": sandbox.stub_guestfs_handle,
             "root": f"{sb}/h-root",
             "sleep": self.clock.sleep,
-            "clock": self.clock.clock,
+            "clock": Clock(self.clock.clock, self.clock.sleep),  # the managers' one time seam (_wait.Clock)
         }
         for mod in sandbox_modules():
             for value in vars(mod).values():
