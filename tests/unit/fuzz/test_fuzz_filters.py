@@ -19,7 +19,6 @@ import pytest
 from ansible.errors import AnsibleFilterError
 from hypothesis import given, seed
 from hypothesis import strategies as st
-from test_fuzz_modules import fuzz_settings, skip_known_bad
 
 
 def filters() -> dict:
@@ -140,6 +139,42 @@ SHAPES = {
     ).map(lambda a: (a, {})),
     "domain_name_of": XML.map(lambda x: ((x,), {})),
     "serial_logs": st.one_of(st.lists(domain(), max_size=4), ANY).map(lambda x: ((x,), {})),
+    "hosts_seen": st.tuples(
+        st.one_of(st.lists(NAME, max_size=4), ANY),
+        st.one_of(
+            st.dictionaries(NAME, st.one_of(st.fixed_dictionaries({"info": st.one_of(host(), ANY)}), ANY), max_size=3),
+            ANY,
+        ),
+        st.one_of(st.just("info"), ANY),
+        NAMES,
+    ).map(lambda a: (a, {})),
+    "fleet_report": st.tuples(
+        st.one_of(
+            st.fixed_dictionaries(
+                {k: st.one_of(st.dictionaries(NAME, NAME, max_size=3), ANY) for k in ("placement", "new", "existing")},
+                optional={
+                    "hosts": st.one_of(st.dictionaries(NAME, st.one_of(st.lists(clone(), max_size=3), ANY)), ANY),
+                    **{k: st.one_of(st.lists(ANY, max_size=3), ANY) for k in ("held", "unreachable", "warnings")},
+                },
+            ),
+            ANY,
+        ),
+        NAMES,
+        NAMES,
+    ).map(lambda a: (a, {})),
+    "fleet_report_lines": st.tuples(
+        st.one_of(
+            st.fixed_dictionaries(
+                {k: st.one_of(st.dictionaries(NAME, NAME, max_size=3), ANY) for k in ("placement", "new")},
+                optional={
+                    **{k: st.one_of(st.dictionaries(NAME, NAMES, max_size=3), ANY) for k in ("missing", "unconverged")},
+                    **{k: st.one_of(st.lists(ANY, max_size=3), ANY) for k in ("held", "warnings")},
+                },
+            ),
+            ANY,
+        ),
+        NAMES,
+    ).map(lambda a: (a, {})),
     "fleet_domain_items": st.tuples(st.one_of(st.lists(clone(), max_size=4), ANY)).flatmap(
         lambda a: st.fixed_dictionaries(
             {}, optional={"names": st.one_of(st.none(), NAMES), "default_state": STATES, "state": STATES}
@@ -157,12 +192,12 @@ def generic(fn) -> st.SearchStrategy:
 
 @pytest.mark.parametrize("name", sorted(filters()))
 def test_filter_fuzz(name):
-    skip_known_bad(name)
+    fh.skip_known_bad(name)
     fn = filters()[name]
     strategy = SHAPES[name] if name in SHAPES else generic(fn)
 
     @seed(zlib.crc32(name.encode()))
-    @fuzz_settings(name)
+    @fh.fuzz_settings(name)
     @given(call=strategy)
     def fuzz(call):
         args, kwargs = call
