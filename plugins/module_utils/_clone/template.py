@@ -18,8 +18,8 @@ import copy
 import os
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.transform import _set_disks
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, InvalidInput, StorageError

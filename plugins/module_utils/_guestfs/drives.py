@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan

@@ -23,8 +23,8 @@ snapshot (metadata only: the files were dealt with here).
 
 from __future__ import annotations
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import layers
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot import xml as sx
