@@ -34,8 +34,6 @@ from pathlib import Path
 
 from tests import guestlib, harness, nethost, realguest
 
-HERE = Path(__file__).resolve().parent
-
 BIN = Path(sys.executable).parent
 SUBNET = "192.168.153"  # exists only inside the NetHost's network namespace
 BOOT_TIMEOUT = 600
