@@ -55,11 +55,11 @@ def play(tmp: Path, fleet: dict, fault: tuple[str, str] | None = None) -> Path:
         tasks = [{"name": "The fleet", "ansible.builtin.include_role": {"name": "virtops.kvm.kvm_fleet"}}]
     else:
         host, mode = fault
-        cut = [sys.executable, str(ROOT / "tests" / "ground.py"), "fault", host, mode]
+        cut = [sys.executable, "-m", "tests.ground", "fault", host, mode]  # run from the repo root (chdir)
         tasks = [
             {"name": "Place", "ansible.builtin.include_role": {"name": "virtops.kvm.kvm_fleet", "tasks_from": "place"}},
-            {"name": f"Cut {host} ({mode})", "ansible.builtin.command": {"argv": cut}, "changed_when": True,
-             "delegate_to": "localhost", "run_once": True},
+            {"name": f"Cut {host} ({mode})", "ansible.builtin.command": {"argv": cut, "chdir": str(ROOT)},
+             "changed_when": True, "delegate_to": "localhost", "run_once": True},
             {"name": "Converge",
              "ansible.builtin.include_role": {"name": "virtops.kvm.kvm_fleet", "tasks_from": "converge"}},
         ]  # fmt: skip
