@@ -12,12 +12,12 @@ migration fails.
 from __future__ import annotations
 
 import threading
-import time
 from urllib.parse import urlsplit
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import ConnectionFailed, TimeoutExpired
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM, Clock
 
 POLL = 0.5
 #: at most this many progress points are returned (evenly picked from those read)
@@ -68,7 +68,7 @@ def pick(points: list[dict]) -> list[dict]:
     return [points[round(i * step)] for i in range(POINTS)]
 
 
-def migrate(dom, dconn, flags: int, params: dict, timeout: float, dest_alive=None, clock=time.monotonic) -> tuple:
+def migrate(dom, dconn, flags: int, params: dict, timeout: float, dest_alive=None, clock: Clock = SYSTEM) -> tuple:
     """Migrate ``dom`` to ``dconn``; (the domain on the destination, transfer dict). Raises on failure.
 
     ``dest_alive()``: whether the connection to the destination still holds; when it is lost the job is
@@ -83,14 +83,14 @@ def migrate(dom, dconn, flags: int, params: dict, timeout: float, dest_alive=Non
         except lv.libvirtError as exc:
             box["error"] = exc
 
-    started = clock()
+    started = clock.now()
     thread = threading.Thread(target=work, name="virtops-migrate", daemon=True)
     thread.start()
     points: list[dict] = []
     aborted = False
     while thread.is_alive():
         thread.join(POLL)
-        elapsed = clock() - started
+        elapsed = clock.now() - started
         try:
             stats = dom.jobStats(0)
         except lv.libvirtError:
@@ -104,7 +104,7 @@ def migrate(dom, dconn, flags: int, params: dict, timeout: float, dest_alive=Non
                 dom.abortJob()
             except lv.libvirtError:
                 pass  # the job ended meanwhile: the outcome in ``box`` says how
-    seconds = clock() - started
+    seconds = clock.now() - started
     if "error" in box:
         if aborted == "lost":
             raise ConnectionFailed(

@@ -21,8 +21,6 @@ a base, never a file without that record.
 
 from __future__ import annotations
 
-import time
-
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
@@ -42,6 +40,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._migrate import plan a
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate.volumes import HostFiles, copy
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, lookup_domain
 from ansible_collections.virtops.kvm.plugins.module_utils._validate import validate_name
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM
 
 
 class MigrateManager(Manager):
@@ -54,8 +53,8 @@ class MigrateManager(Manager):
         timeout=dict(type="int", default=600),
         bandwidth=dict(type="int"),
     )
-    #: test seams: how the destination's connection is made
-    SEAMS = dict(dest_connection=None)
+    #: test seams: how the destination's connection is made; the clock that times the transfers
+    SEAMS = dict(dest_connection=None, clock=SYSTEM)
 
     def run(self) -> dict:
         name = validate_name(self.p["name"], "name")
@@ -190,7 +189,9 @@ class MigrateManager(Manager):
             flags, params = live_mod.flags_and_params(
                 [d["target"] for d in copies], self.p["migrate_uri"], self.p["bandwidth"]
             )
-            _new, transfer = live_mod.migrate(sdom, dconn, flags, params, self.p["timeout"], self._dest.alive)
+            _new, transfer = live_mod.migrate(
+                sdom, dconn, flags, params, self.p["timeout"], self._dest.alive, clock=self.clock
+            )
         except KvmError as exc:
             exc.msg += self._stays(sdom.name(), made, self._undo(made, defined=None))
             raise
@@ -211,7 +212,7 @@ class MigrateManager(Manager):
     def _offline(self, sdom, dconn, root, disks: list) -> dict:
         lv = _deps.libvirt
         made, defined = [], None
-        started = time.monotonic()
+        started = self.clock.now()
         progress: list[dict] = []
         total = 0
         try:
@@ -229,7 +230,7 @@ class MigrateManager(Manager):
                     vol,
                     facts["physical"],
                     progress,
-                    lambda: round(time.monotonic() - started, 2),
+                    lambda: round(self.clock.now() - started, 2),
                 )
                 total += moved["bytes"]
                 d.update(result="copied", sha256=moved["sha256"], bytes=moved["bytes"])
@@ -248,7 +249,7 @@ class MigrateManager(Manager):
         except BaseException:
             self._undo(made, defined)
             raise
-        return dict(bytes=total, seconds=round(time.monotonic() - started, 2), progress=live_mod.pick(progress))
+        return dict(bytes=total, seconds=round(self.clock.now() - started, 2), progress=live_mod.pick(progress))
 
     def _stays(self, name: str, made: list, undone: bool) -> str:
         if not made:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import threading
 
+import libvirt
 import pytest
 from lxml import etree
 
@@ -14,11 +16,13 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     DomainNotFound,
     InvalidInput,
     StorageError,
+    TimeoutExpired,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import live
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate import plan as planlib
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate.manager import MigrateManager
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate.volumes import vol_facts
+from ansible_collections.virtops.kvm.plugins.module_utils._wait import FakeClock
 
 URI = "test:///default"
 NODE = """<node>
@@ -293,3 +297,35 @@ def test_live_flags_and_parameters():
     assert params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] == "tcp://10.0.0.2"  # not the migration's own port
     _flags, params = live.flags_and_params(["vda"], "tcp://[fd00::2]:49200", None)
     assert params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] == "tcp://[fd00::2]"
+
+
+class _StuckJob:
+    """A domain whose live migration runs until it is aborted; each look at the job costs ``step`` seconds."""
+
+    def __init__(self, clock: FakeClock, step: float):
+        self.clock = clock
+        self.step = step
+        self.aborted = threading.Event()
+
+    def name(self) -> str:
+        return "stuck"
+
+    def migrate3(self, _dconn, _params, _flags):
+        self.aborted.wait(30)
+        raise libvirt.libvirtError("migration job: canceled by client")
+
+    def jobStats(self, _flags):
+        self.clock.sleep(self.step)
+        return {}
+
+    def abortJob(self):
+        self.aborted.set()
+
+
+def test_live_migration_times_out_on_the_clock_it_is_given():
+    """The timeout is read on the one clock seam: a fake clock past it aborts the job at the first look."""
+    clock = FakeClock()
+    dom = _StuckJob(clock, step=700)
+    with pytest.raises(TimeoutExpired, match="more than 600 s"):
+        live.migrate(dom, None, 0, {}, 600, clock=clock)
+    assert dom.aborted.is_set()
