@@ -232,6 +232,16 @@ def call(what: str, fn, *args):
         raise libvirt_failed(exc, what) from exc
 
 
+def call_or_none(what: str, missing: int, fn, *args):
+    """``call(what, fn, *args)``, but None when libvirt answers ``missing`` (a lookup of what is not there)."""
+    try:
+        return fn(*args)
+    except _deps.libvirt.libvirtError as exc:
+        if exc.get_error_code() == missing:
+            return None
+        raise libvirt_failed(exc, what) from exc
+
+
 class Connection:
     """A lazily opened libvirt connection; use as a context manager."""
 

@@ -18,7 +18,7 @@ import copy
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _network_xml as nx
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import call_or_none, libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 
 DHCP_HOST = "dhcp-host"
@@ -27,13 +27,9 @@ DNS_HOST = "dns-host"
 
 def lookup(conn, name: str):
     """The virNetwork called ``name``, or None when no such network is defined."""
-    lv = _deps.libvirt
-    try:
-        return conn.networkLookupByName(name)
-    except lv.libvirtError as exc:
-        if exc.get_error_code() == lv.VIR_ERR_NO_NETWORK:
-            return None
-        raise libvirt_failed(exc, f"Looking up network {name!r}") from exc
+    return call_or_none(
+        f"Looking up network {name!r}", _deps.libvirt.VIR_ERR_NO_NETWORK, conn.networkLookupByName, name
+    )
 
 
 def _xml(net, flags: int) -> str:

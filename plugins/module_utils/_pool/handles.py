@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
-from ansible_collections.virtops.kvm.plugins.module_utils._connection import call, libvirt_failed
+from ansible_collections.virtops.kvm.plugins.module_utils._connection import call, call_or_none, libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import pool_xml as px
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import volume_xml as vx
@@ -19,12 +19,9 @@ POOL_STATES = {0: "inactive", 1: "building", 2: "running", 3: "degraded", 4: "in
 def lookup_pool(conn, name: str):
     """The pool named ``name``, or None."""
     lv = _deps.libvirt
-    try:
-        return conn.storagePoolLookupByName(name)
-    except lv.libvirtError as exc:
-        if exc.get_error_code() == lv.VIR_ERR_NO_STORAGE_POOL:
-            return None
-        raise libvirt_failed(exc, f"Looking up storage pool {name}") from exc
+    return call_or_none(
+        f"Looking up storage pool {name}", lv.VIR_ERR_NO_STORAGE_POOL, conn.storagePoolLookupByName, name
+    )
 
 
 def definition(pool):
