@@ -57,6 +57,14 @@ def text(root, path: str, default: str | None = None) -> str | None:
     return el.text if el is not None and el.text is not None else default
 
 
+def int_of(value: str | None) -> int | None:
+    """An attribute's or element's text as an int; None when it is absent or not a whole number."""
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def name_of(root) -> str | None:
     return text(root, "name")
 
@@ -199,7 +207,7 @@ def provenance(root) -> dict | None:
         entry = dict(path=c.get("path"), base=c.get("base"), mode=c.get("mode"), format=c.get("format"))
         if c.get("base-digest"):  # the base's identity when the overlay was made (_drift.py)
             entry["base_fingerprint"] = dict(
-                size=_int(c.get("base-size")), mtime=_int(c.get("base-mtime")), digest=c.get("base-digest")
+                size=int_of(c.get("base-size")), mtime=int_of(c.get("base-mtime")), digest=c.get("base-digest")
             )
         created.append(entry)
     return dict(
@@ -271,13 +279,6 @@ def set_provenance(root, template: str, mode: str, created_disks: list[dict]) ->
         attrs = {k: str(v) for k, v in d.items() if v is not None and k in ("path", "base", "mode", "format")}
         attrs.update(_fingerprint_attrs(d.get("base_fingerprint")))
         etree.SubElement(el, f"{{{NS}}}disk", attrib=attrs)
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _fingerprint_attrs(fp: dict | None) -> dict:

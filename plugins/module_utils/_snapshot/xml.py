@@ -23,13 +23,6 @@ def parse(xml: str | bytes):
     return dx.parse(xml, "snapshot XML", root_tag="domainsnapshot", dump="virsh snapshot-dumpxml")
 
 
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 def read(xml: str | bytes) -> dict:
     """One snapshot as a dict: name, description, state, creation_time, parent, memory, kind, disks, bases.
 
@@ -56,7 +49,7 @@ def read(xml: str | bytes) -> dict:
         name=dx.text(root, "name"),
         description=dx.text(root, "description"),
         state=dx.text(root, "state"),
-        creation_time=_int(dx.text(root, "creationTime")),
+        creation_time=dx.int_of(dx.text(root, "creationTime")),
         parent=dx.text(root, "parent/name"),
         memory=memory,
         kind="external" if external or memory == "external" else "internal",
