@@ -1,5 +1,5 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
-"""Disk images: qcow2 headers, backing chains, overlays and copies, deletion.
+"""Disk images: qcow2 headers, backing chains, overlays and copies, deletion, fsync.
 
 The course's rule sits on top of this file: once overlays exist, their base
 must never change. Who uses an image (the question asked before anything is
@@ -133,3 +133,12 @@ def unlink(path: str) -> None:
         pass
     except OSError as exc:
         raise StorageError(f"Cannot delete {path}: {exc.strerror}.") from exc
+
+
+def fsync(path: str) -> None:
+    """Flush a file, or a directory's entries (a rename or link in it), to the disk before going on."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -25,6 +25,7 @@ import re
 import stat
 import time
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 
@@ -196,14 +197,6 @@ def _unlink(path: str) -> bool:
         return False
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fmt(mode: int) -> str:
     return f"{mode:04o}"
 
@@ -253,7 +246,7 @@ class ImageTarget:
             uid = os.geteuid() if self.uid is None else self.uid
             gid = os.getegid() if self.gid is None else self.gid
             self._set_attrs(staged, st, uid, gid, note=False)
-            _fsync(staged)
+            _disk_files.fsync(staged)
             write_record(staged, sha, st)
             try:
                 os.link(staged, self.dest)
@@ -266,7 +259,7 @@ class ImageTarget:
                     "file system that has them (ext4, xfs, btrfs, ...).",
                 ) from exc
             _unlink(staged)
-            _fsync(os.path.dirname(self.dest))
+            _disk_files.fsync(os.path.dirname(self.dest))
             self.changes.append(f"copy {self.src} to {self.dest}")
             final = os.stat(self.dest)
             if read_record(self.dest, final) != sha:  # the link took more than SEAL_NS: record it anew

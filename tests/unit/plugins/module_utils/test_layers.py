@@ -65,7 +65,7 @@ ALLOWED = {
     "_snapshot": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_disk_files", "_scan"},
     "_pool": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_disk_files", "_scan", "_stream"},
     "_inventory": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan"},
-    "_image": {"_deps", "_errors", "_manager"},
+    "_image": {"_deps", "_errors", "_manager", "_disk_files"},
     "_migrate": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_drift", "_scan", "_stream"},
 }
 # The checks of what users type (_validate) sit at the bottom: every unit above _errors may use them.
