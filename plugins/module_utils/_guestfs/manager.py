@@ -40,6 +40,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.mount import GuestMount
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.read import (
     DEFAULT_MAX_SIZE,
+    READ_OPTIONS,
     read_guest,
     read_guests,
 )
@@ -213,15 +214,8 @@ class GuestfsManager(Manager):
         return self._read_result(result)
 
     def _read_options(self) -> dict:
-        p = self.p
-        return dict(
-            paths=p["paths"],
-            list_dirs=p["list_dirs"],
-            max_size=p["max_size"],
-            fail_missing=p["fail_missing"],
-            dest=p["dest"],
-            check_mode=self.check_mode,
-        )
+        """The options of a read run (``Reads``), which are this module's options of the same names."""
+        return dict({name: self.p[name] for name in READ_OPTIONS}, check_mode=self.check_mode)
 
     @staticmethod
     def _read_result(result: dict) -> dict:
@@ -237,6 +231,16 @@ class GuestfsManager(Manager):
     def _need_tool(self, tool: str) -> None:
         if not self.which(tool):
             raise GuestfsError(f"{tool} is not installed on the managed host.", hint=_INSTALL_HINT)
+
+    def _will_change(self, result: dict, undone: str, tool: str) -> bool:
+        """Mark ``result`` changed (``mounted`` flips); whether to act (not in check mode, which warns ``undone``)."""
+        result["changed"] = True
+        result["diff"] = dict(before={"mounted": not result["mounted"]}, after={"mounted": result["mounted"]})
+        if self.check_mode:
+            self.warn(f"Check mode: {undone}.")
+            return False
+        self._need_tool(tool)
+        return True
 
     def mounted(self, drives: list[dict], mounts: dict | None) -> dict:
         gm = self._guestmount()
@@ -256,12 +260,8 @@ class GuestfsManager(Manager):
                     hint="Unmount it first (state=unmounted) or choose another mount_point.",
                 )
             return result
-        result["changed"] = True
-        result["diff"] = dict(before={"mounted": False}, after={"mounted": True})
-        if self.check_mode:
-            self.warn(f"Check mode: guestmount on {gm.mount_point} not run.")
+        if not self._will_change(result, f"guestmount on {gm.mount_point} not run", "guestmount"):
             return result
-        self._need_tool("guestmount")
         probe: dict = {}
 
         def find_mounts() -> dict:
@@ -284,11 +284,7 @@ class GuestfsManager(Manager):
             return result
         if status == "foreign":
             raise gm.foreign_error()
-        result["changed"] = True
-        result["diff"] = dict(before={"mounted": True}, after={"mounted": False})
-        if self.check_mode:
-            self.warn(f"Check mode: {gm.mount_point} not unmounted.")
+        if not self._will_change(result, f"{gm.mount_point} not unmounted", "guestunmount"):
             return result
-        self._need_tool("guestunmount")
         gm.unmount(backend_env(False), timeout=self.p["unmount_timeout"])
         return result

@@ -17,6 +17,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput, StorageError
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import Part
@@ -206,38 +207,53 @@ def write_dest(dest: str, guest_path: str, data: bytes, mode: str, check_mode: b
 # --------------------------------------------------------------------------- one read run
 
 
-def _checked(paths: Iterable[str], list_dirs: Iterable[str], dest: str | None) -> tuple[list[str], list[str]]:
-    paths = [require_absolute(p, "path in paths") for p in paths]
-    list_dirs = [require_absolute(p, "path in list_dirs") for p in list_dirs]
-    if dest is not None:
-        require_absolute(dest, "dest")
-    return paths, list_dirs
+@dataclass
+class Reads:
+    """What a read run takes from each guest: the files and listings, their limits, where copies go.
+
+    The fields are kvm_guestfs's options of the same names (and the check-mode flag); made, they are checked.
+    """
+
+    paths: Iterable[str] = ()
+    list_dirs: Iterable[str] = ()
+    max_size: int = DEFAULT_MAX_SIZE
+    fail_missing: bool = False
+    dest: str | None = None
+    check_mode: bool = False
+
+    def __post_init__(self) -> None:
+        self.paths = [require_absolute(p, "path in paths") for p in self.paths]
+        self.list_dirs = [require_absolute(p, "path in list_dirs") for p in self.list_dirs]
+        if self.dest is not None:
+            require_absolute(self.dest, "dest")
 
 
-def _read_mounted(
-    reader: GuestReader, paths, list_dirs, max_size, fail_missing, dest, check_mode, warn
-) -> tuple[dict, dict, list[str], list[str]]:
-    """Every path and listing of the mounted guest: (files, dirs, problems, dest files written)."""
+#: the fields of ``Reads`` that are kvm_guestfs options (``check_mode`` is the run's flag)
+READ_OPTIONS = tuple(f.name for f in fields(Reads) if f.name != "check_mode")
+
+
+def _read_mounted(reader: GuestReader, reads: Reads, dest: str | None, warn) -> tuple[dict, dict, list[str], list[str]]:
+    """Every path and listing of the mounted guest, copied below ``dest``: (files, dirs, problems, dest written)."""
     files, dirs, problems, dest_changes = {}, {}, [], []
-    for path in dict.fromkeys(paths):
-        entry, data = reader.read(path, max_size)
+    for path in dict.fromkeys(reads.paths):
+        entry, data = reader.read(path, reads.max_size)
         if entry.get("error"):
             problems.append(entry["error"])
         elif not entry["exists"]:
-            if fail_missing:
+            if reads.fail_missing:
                 entry["error"] = f"{path} does not exist in the guest (fail_missing: true)."
                 problems.append(entry["error"])
         elif dest is not None:
-            entry["dest"], changed = write_dest(dest, path, data, entry["mode"], check_mode)
+            entry["dest"], changed = write_dest(dest, path, data, entry["mode"], reads.check_mode)
             if changed:
                 dest_changes.append(entry["dest"])
         files[path] = entry
-    for path in dict.fromkeys(list_dirs):
+    for path in dict.fromkeys(reads.list_dirs):
         names, error = reader.list_dir(path)
         if error:
             problems.append(error)
         elif names is None:
-            if fail_missing:
+            if reads.fail_missing:
                 problems.append(f"Directory {path} does not exist in the guest (fail_missing: true).")
             else:
                 warn(f"Directory {path} does not exist in the guest.")
@@ -270,27 +286,18 @@ def _finish(result: dict, dest: str | None, dest_changes: list[str], problems: l
     return result
 
 
-def read_guest(
-    session: GuestfsSession,
-    paths: Iterable[str] = (),
-    list_dirs: Iterable[str] = (),
-    mounts: dict | None = None,
-    max_size: int = DEFAULT_MAX_SIZE,
-    fail_missing: bool = False,
-    dest: str | None = None,
-    check_mode: bool = False,
-) -> dict:
-    """Launch once, mount, read every path and listing; return the module's result.
+def read_guest(session: GuestfsSession, mounts: dict | None = None, **options) -> dict:
+    """Launch once, mount, read every path and listing (``options``: the fields of ``Reads``); the module's result.
 
     Per-path problems (too large, a directory, unreadable, and missing paths
     with fail_missing) do not stop the other reads: every path gets its entry,
     then the run fails naming each problem, with the full result attached.
     """
-    paths, list_dirs = _checked(paths, list_dirs, dest)
+    reads = Reads(**options)
     with session:
         inspection = session.mount(mounts)
         files, dirs, problems, dest_changes = _read_mounted(
-            GuestReader(session.g), paths, list_dirs, max_size, fail_missing, dest, check_mode, session.warnings.append
+            GuestReader(session.g), reads, reads.dest, session.warnings.append
         )
     result = dict(
         changed=bool(dest_changes),
@@ -300,20 +307,10 @@ def read_guest(
         warnings_list=list(session.warnings),
         appliance=_appliance(session),
     )
-    return _finish(result, dest, dest_changes, problems, "paths")
+    return _finish(result, reads.dest, dest_changes, problems, "paths")
 
 
-def read_guests(
-    session: GuestfsSession,
-    parts: list[Part],
-    paths: Iterable[str] = (),
-    list_dirs: Iterable[str] = (),
-    mounts: dict | None = None,
-    max_size: int = DEFAULT_MAX_SIZE,
-    fail_missing: bool = False,
-    dest: str | None = None,
-    check_mode: bool = False,
-) -> dict:
+def read_guests(session: GuestfsSession, parts: list[Part], mounts: dict | None = None, **options) -> dict:
     """Several domains from one launch: each mounted in turn (``parts``), read, unmounted.
 
     The result's ``domains`` maps each domain to its ``files``, ``dirs`` and
@@ -322,7 +319,8 @@ def read_guests(
     or read does not stop the others; the run fails at the end naming each
     problem, with the full result attached.
     """
-    paths, list_dirs = _checked(paths, list_dirs, dest)
+    reads = Reads(**options)
+    dest = reads.dest
     if dest is not None:
         for part in parts:
             validate_name(part.name, "the name of domain (a directory below dest)")
@@ -339,9 +337,7 @@ def read_guests(
                 session.unmount_all()
                 continue
             own_dest = os.path.join(dest, part.name) if dest is not None else None
-            files, dirs, own, written = _read_mounted(
-                GuestReader(session.g), paths, list_dirs, max_size, fail_missing, own_dest, check_mode, warn
-            )
+            files, dirs, own, written = _read_mounted(GuestReader(session.g), reads, own_dest, warn)
             session.unmount_all()
             problems.extend(f"{part.name}: {p}" for p in own)
             dest_changes.extend(written)
