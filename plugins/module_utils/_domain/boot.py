@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, TimeoutExpired
@@ -67,24 +68,21 @@ def _size(path: str) -> int:
         return 0
 
 
+@dataclass(eq=False)
 class BootWatch:
     """Wait until ``pattern`` shows up in what ``path`` gained since ``mark()``."""
 
-    def __init__(
-        self,
-        name: str,
-        path: str,
-        pattern,
-        timeout: float,
-        clock: Clock = SYSTEM,
-    ):
-        self.name = name
-        self.path = path
-        self.pattern = pattern
-        self.timeout = timeout
-        self.clock = clock
-        self.offset = 0
-        self.deadline = Deadline(timeout, clock)
+    name: str
+    path: str
+    pattern: re.Pattern
+    timeout: float
+    clock: Clock = SYSTEM
+    #: where the log ended at ``mark()``
+    offset: int = field(default=0, init=False)
+    deadline: Deadline = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadline = Deadline(self.timeout, self.clock)
 
     def mark(self) -> None:
         """Remember the log's length: only what is written after this counts; the timeout starts now."""

@@ -18,6 +18,7 @@ each reads the events of its own domain.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import libvirt_failed
@@ -56,20 +57,16 @@ def pump_events() -> None:
             _PUMP.release()
 
 
+@dataclass(eq=False)
 class Transitions:
     """Start, stop, pause, wake, reboot and destroy one domain (see the module doc)."""
 
-    def __init__(
-        self,
-        ctx: DomainContext,
-        timeout: float,
-        force: bool,
-        clock: Clock = SYSTEM,
-    ):
-        self.ctx = ctx
-        self.timeout = timeout
-        self.force = force
-        self.clock = clock
+    ctx: DomainContext
+    #: shutdown_timeout: how long a graceful stop may take
+    timeout: float
+    #: force: destroy a domain that did not stop in time
+    force: bool
+    clock: Clock = SYSTEM
 
     def wait_inactive(self, dom, timeout: float) -> bool:
         """Whether the domain is off within ``timeout`` seconds."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import HostError, TimeoutExpired
 from ansible_collections.virtops.kvm.plugins.module_utils._host.files import host_path, read_text
@@ -129,21 +130,22 @@ class SystemdDaemon:
         if units:
             self._systemctl("enable" if want else "disable", units)
 
-    def start(self, dry_run: bool = False) -> list[str]:
-        active = self._query("is-active", self.units)
-        todo = [u for u in self.units if active[u] != "active"]
+    def _bring(self, verb: str, units: list[str], there: str, dry_run: bool) -> list[str]:
+        """``systemctl verb`` on the ``units`` whose is-active is not ``there`` yet; those units."""
+        active = self._query("is-active", units)
+        todo = [u for u in units if active[u] != there]
         if todo and not dry_run:
-            self._systemctl("start", todo)
+            self._systemctl(verb, todo)
         return todo
+
+    def start(self, dry_run: bool = False) -> list[str]:
+        return self._bring("start", self.units, "active", dry_run)
 
     def stop(self, dry_run: bool = False) -> list[str]:
-        active = self._query("is-active", self.own)
-        todo = [u for u in self.own if active[u] != "inactive"]
-        if todo and not dry_run:
-            self._systemctl("stop", todo)
-        return todo
+        return self._bring("stop", self.own, "inactive", dry_run)
 
 
+@dataclass(eq=False)
 class DirectDaemon:
     """virtlogd + libvirtd (or virtqemud) started as plain daemons where no init system runs.
 
@@ -153,26 +155,18 @@ class DirectDaemon:
 
     init_system = "none"
 
-    def __init__(
-        self,
-        name: str,
-        runner: Runner,
-        which: Which,
-        ping: Callable[[], bool],
-        root: str = "/",
-        timeout: float = 60,
-        kill: Callable[[int, int], None] = os.kill,
-        clock: Clock = SYSTEM,
-    ):
-        self.name = name
-        self.runner = runner
-        self.which = which
-        self.ping = ping
-        self.root = root
-        self.timeout = timeout
-        self.kill = kill
-        self.clock = clock
-        self.daemons = [LOG_DAEMON, name]
+    name: str
+    runner: Runner
+    which: Which
+    ping: Callable[[], bool]
+    root: str = "/"
+    timeout: float = 60
+    kill: Callable[[int, int], None] = os.kill
+    clock: Clock = SYSTEM
+
+    @property
+    def daemons(self) -> list[str]:
+        return [LOG_DAEMON, self.name]
 
     def pid(self, daemon: str) -> int | None:
         """The live pid of ``daemon`` from its pid file, or None."""
