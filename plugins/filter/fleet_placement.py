@@ -91,19 +91,30 @@ def _defaults(value) -> dict:
     return {k: _count(value.get(k), f"defaults.{k}") for k in DEFAULT_KEYS}
 
 
-def _clones(value, defaults: dict) -> list:
-    clones, seen = [], {}
-    for i, item in enumerate(a_list(value, FILT, "the clones (the filter's input)")):
-        if isinstance(item, str):
-            item = {"name": item}
-        elif not isinstance(item, Mapping):
-            _fail(f"clones[{i}] must be a clone name or a dict with a 'name', got {kind(item)}.")
+def _named(items: list, where: str, shape: str, whose: str, twice: str):
+    """``(item, name)`` for each item of ``items``, which must be dicts with unique non-empty string names.
+
+    The messages name ``where[i]``; ``shape`` says what an item must be, ``whose`` what its name is, and
+    ``twice`` (formatted with name, first and i) what is wrong with a name listed twice.
+    """
+    seen: dict = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            _fail(f"{where}[{i}] must be {shape}, got {kind(item)}.")
         name = item.get("name")
         if not isinstance(name, str) or not name:
-            _fail(f"clones[{i}] needs a non-empty string 'name', got {kind(name)}.")
+            _fail(f"{where}[{i}] needs a non-empty string 'name'{whose}, got {kind(name)}.")
         if name in seen:
-            _fail(f"clone {name!r} is listed twice (clones[{seen[name]}] and clones[{i}]): clone names must be unique.")
+            _fail(twice.format(name=name, first=seen[name], i=i))
         seen[name] = i
+        yield item, name
+
+
+def _clones(value, defaults: dict) -> list:
+    clones = []
+    items = [{"name": c} if isinstance(c, str) else c for c in a_list(value, FILT, "the clones (the filter's input)")]
+    twice = "clone {name!r} is listed twice (clones[{first}] and clones[{i}]): clone names must be unique."
+    for item, name in _named(items, "clones", "a clone name or a dict with a 'name'", "", twice):
         pin = _label(item.get("host"), f"the host (pin) of clone {name!r}")
         group = _label(item.get("group"), f"the anti-affinity group of clone {name!r}")
         memory = _count(item.get("memory"), f"the memory (MiB) of clone {name!r}")
@@ -117,16 +128,14 @@ def _clones(value, defaults: dict) -> list:
 
 
 def _hosts(value, rule: str) -> list:
-    hosts, seen = [], set()
-    for i, item in enumerate(a_list(value, FILT, "hosts")):
-        if not isinstance(item, Mapping):
-            _fail(f"hosts[{i}] must be a dict (name, reachable, domains, cpus, memory...), got {kind(item)}.")
-        name = item.get("name")
-        if not isinstance(name, str) or not name:
-            _fail(f"hosts[{i}] needs a non-empty string 'name' (its inventory host name), got {kind(name)}.")
-        if name in seen:
-            _fail(f"host {name!r} is listed twice in hosts: host names must be unique.")
-        seen.add(name)
+    hosts = []
+    for item, name in _named(
+        a_list(value, FILT, "hosts"),
+        "hosts",
+        "a dict (name, reachable, domains, cpus, memory...)",
+        " (its inventory host name)",
+        "host {name!r} is listed twice in hosts: host names must be unique.",
+    ):
         reachable = item.get("reachable")
         if not isinstance(reachable, bool):
             _fail(f"host {name!r}: 'reachable' must be true or false, got {kind(reachable)}.")
