@@ -139,6 +139,17 @@ class ScannedDomain:
             out |= set(dx.macs(self.live))
         return out
 
+    def all_disks(self) -> list[dict]:
+        """Its disks in the definition and the live XML, a disk in both once (as ``dx.disks`` reads them)."""
+        out, seen = [], set()
+        for root in (self.inactive, self.live):
+            for disk in dx.disks(root) if root is not None else ():
+                key = (disk["target"], disk["type"], disk["pool"], disk["path"])
+                if key not in seen:
+                    seen.add(key)
+                    out.append(disk)
+        return out
+
     def disk_paths(self) -> list[str]:
         """The source paths of its disks now (``current``), in XML order."""
         return [d["path"] for d in dx.disks(self.current) if d["path"]]
@@ -252,29 +263,26 @@ class HostScan:
         domain_disks: set[str] = set()
         for d in self.domains.values():
             seen = set()
-            for root in (d.inactive, d.live):
-                if root is None:
+            for disk in d.all_disks():
+                if disk["type"] != "file" or not disk["path"]:
                     continue
-                for disk in dx.disks(root):
-                    if disk["type"] != "file" or not disk["path"]:
+                domain_disks.add(os.path.realpath(disk["path"]))
+                writable = not disk["readonly"] and not disk["shareable"] and disk["device"] == "disk"
+                for depth, real in enumerate(self._chain(disk["path"])):
+                    key = (disk["target"], real)
+                    if real not in wanted or key in seen:
                         continue
-                    domain_disks.add(os.path.realpath(disk["path"]))
-                    writable = not disk["readonly"] and not disk["shareable"] and disk["device"] == "disk"
-                    for depth, real in enumerate(self._chain(disk["path"])):
-                        key = (disk["target"], real)
-                        if real not in wanted or key in seen:
-                            continue
-                        seen.add(key)
-                        users[wanted[real]].append(
-                            dict(
-                                domain=d.name,
-                                disk=disk["path"],
-                                target=disk["target"],
-                                relation="disk" if depth == 0 else "backing",
-                                active=d.active,
-                                writable=writable and depth == 0,
-                            )
+                    seen.add(key)
+                    users[wanted[real]].append(
+                        dict(
+                            domain=d.name,
+                            disk=disk["path"],
+                            target=disk["target"],
+                            relation="disk" if depth == 0 else "backing",
+                            active=d.active,
+                            writable=writable and depth == 0,
                         )
+                    )
         for real, path in wanted.items():
             for candidate, below in self._files_in(os.path.dirname(real)):
                 if real in below and os.path.realpath(candidate) not in domain_disks:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._pool import handles
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import describe as describe_dependant
@@ -32,15 +31,8 @@ def inside(path: str | None, folder: str | None) -> bool:
 def _domain_disks(scan: HostScan):
     """(domain, disk) for every disk of every domain, inactive and live config, without repeats."""
     for d in scan.domains.values():
-        seen = set()
-        for root in (d.inactive, d.live):
-            if root is None:
-                continue
-            for disk in dx.disks(root):
-                key = (disk["target"], disk["type"], disk["pool"], disk["path"])
-                if key not in seen:
-                    seen.add(key)
-                    yield d, disk
+        for disk in d.all_disks():
+            yield d, disk
 
 
 def _entry(d, disk, relation: str) -> dict:
