@@ -56,9 +56,13 @@ def test_the_walls_are_up(tmp_path, monkeypatch):
     """The fakes reach the product: its sleeps/clocks/kill defaults were replaced, its seams pointed at the sandbox."""
     runner = fh.Runner("kvm_domain", str(tmp_path), monkeypatch)
     try:
-        assert runner.replaced_defaults >= 5
+        assert runner.replaced_defaults >= 4
         from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
         from ansible_collections.virtops.kvm.plugins.module_utils._host.manager import HostManager
+        from ansible_collections.virtops.kvm.plugins.module_utils._migrate.manager import MigrateManager
+        from ansible_collections.virtops.kvm.plugins.module_utils._wait import SYSTEM
+
+        assert MigrateManager.SEAMS["clock"] is not SYSTEM  # kvm_migrate times its transfers on the one seam
 
         assert CloneManager.SEAMS["journal_dir"].startswith(runner.sb)
         assert HostManager.SEAMS["root"].startswith(runner.sb)
