@@ -65,7 +65,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self._path(name))
-            _fsync_dir(self.dir)
+            st.fsync(self.dir)
         except OSError as exc:
             raise StorageError(
                 f"Cannot write kvm_clone's intent journal in {self.dir}: {exc.strerror}.",
@@ -146,11 +146,3 @@ def _rmtree(path: str) -> None:
         for d in dirs:
             os.rmdir(os.path.join(root, d))
     os.rmdir(path)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
