@@ -55,7 +55,7 @@ def template_xml(name: str, disk: str, fmt: str = "qcow2", ifaces: int = 1) -> s
 
 
 def open_conn(prefixes=("ut-", "ut_")):
-    """A test:///default connection and its teardown (undefines the test's domains), for a fixture."""
+    """A test:///default connection and its teardown (undefines the test's domains, snapshots and networks)."""
     c = libvirt.open(URI)
 
     def close() -> None:
@@ -63,7 +63,12 @@ def open_conn(prefixes=("ut-", "ut_")):
             if dom.name().startswith(prefixes):
                 if dom.isActive():
                     dom.destroy()
-                dom.undefine()
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        for net in c.listAllNetworks():
+            if net.name().startswith(prefixes):
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
         c.close()
 
     return c, close

@@ -25,13 +25,6 @@ TPL = "ut-drift-tpl"
 
 
 @pytest.fixture
-def conn():
-    c, close = fakes.open_conn(("ut-drift",))
-    yield c
-    close()
-
-
-@pytest.fixture
 def base(conn, tmp_path):
     return fakes.make_template(conn, tmp_path, TPL, "64M")
 

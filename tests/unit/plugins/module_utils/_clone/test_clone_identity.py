@@ -505,18 +505,6 @@ def test_the_layout_follows_the_first_clones_fstab_to_each_clones_own_devices():
 TPL = "ut-tpl"
 
 
-@pytest.fixture
-def conn():
-    c, close = fakes.open_conn()
-    yield c
-    close()
-
-
-@pytest.fixture
-def tpl(conn, tmp_path):
-    return fakes.make_template(conn, tmp_path, TPL)
-
-
 def manager(conn, tmp_path, apps, check_mode=False, **params):
     params.setdefault("template", TPL)
     return fakes.clone_manager(conn, tmp_path, check_mode, handle_factory=apps, **params)

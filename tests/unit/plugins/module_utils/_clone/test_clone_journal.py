@@ -21,13 +21,6 @@ TPL = "ut-jr-tpl"
 
 
 @pytest.fixture
-def conn():
-    c, close = fakes.open_conn(("ut-jr",))
-    yield c
-    close()
-
-
-@pytest.fixture
 def env(conn, tmp_path):
     (tmp_path / "images").mkdir()
     base = fakes.make_template(conn, tmp_path / "images", TPL)

@@ -35,18 +35,6 @@ TPL = "ut-tpl"
 runner, template_xml, Held = fakes.runner, fakes.template_xml, fakes.Held
 
 
-@pytest.fixture
-def conn():
-    c, close = fakes.open_conn(("ut-",))
-    yield c
-    close()
-
-
-@pytest.fixture
-def tpl(conn, tmp_path):
-    return fakes.make_template(conn, tmp_path, TPL)
-
-
 def manager(conn, tmp_path, check_mode=False, **params):
     """A CloneManager as the module makes one: options (defaults from the spec), connection, check mode."""
     if "template_xml" not in params:

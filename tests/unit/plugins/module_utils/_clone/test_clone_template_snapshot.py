@@ -29,16 +29,6 @@ def xml(name: str, disk: str) -> str:
 
 
 @pytest.fixture
-def conn():
-    c = libvirt.open("test:///default")
-    yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith("ut-"):
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    c.close()
-
-
-@pytest.fixture
 def layered(conn, tmp_path):
     """Template on base.qcow2, then external snapshot 'gold': its disk is now the overlay above base."""
     base, top = tmp_path / "base.qcow2", tmp_path / f"{TPL}.vda.gold.qcow2"

@@ -22,18 +22,6 @@ from tests.fakes import Appliances, debian
 TPL = "ut-tpl"
 
 
-@pytest.fixture
-def conn():
-    c, close = fakes.open_conn()
-    yield c
-    close()
-
-
-@pytest.fixture
-def tpl(conn, tmp_path):
-    return fakes.make_template(conn, tmp_path, TPL)
-
-
 def guest() -> Appliances:
     """Appliances whose every disk is a used Debian guest with systemd and ssh-keygen."""
     fs = debian()

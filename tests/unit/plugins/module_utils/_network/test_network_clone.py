@@ -22,19 +22,9 @@ NET = "ut-fleetnet"
 
 @pytest.fixture
 def conn():
-    c = libvirt.open("test:///default")
+    c, close = fakes.open_conn()
     yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith("ut-"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-    for net in c.listAllNetworks():
-        if net.name().startswith("ut-"):
-            if net.isActive():
-                net.destroy()
-            net.undefine()
-    c.close()
+    close()
 
 
 @pytest.fixture

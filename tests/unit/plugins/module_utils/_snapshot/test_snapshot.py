@@ -31,6 +31,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.context impo
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.info import SnapshotInfoManager
 from ansible_collections.virtops.kvm.plugins.module_utils._snapshot.manager import SnapshotManager
 from ansible_collections.virtops.kvm.plugins.module_utils._wait import Clock
+from tests import fakes
 from tests.fakes import Held, runner
 
 DOM = "ut-snap"
@@ -77,14 +78,9 @@ def domain_xml(name, disks, extra=""):
 
 @pytest.fixture
 def conn():
-    c = libvirt.open("test:///default")
+    c, close = fakes.open_conn()
     yield c
-    for dom in c.listAllDomains():
-        if dom.name().startswith("ut-"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    c.close()
+    close()
 
 
 def manager(conn, check=False, **params):
