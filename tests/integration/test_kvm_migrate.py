@@ -107,7 +107,8 @@ class Clone:
 
     def start(self) -> None:
         self.conns["hv1"].lookupByName(self.name).create()
-        guestlib.wait_for_marker(outside(self.ground["hv1"], self.serial), timeout=120)
+        # a TCG boot on a loaded 2-core machine: the same bound as test_kvm_domain's boots
+        guestlib.wait_for_marker(outside(self.ground["hv1"], self.serial), timeout=240)
 
     def args(self, **extra) -> dict:
         return dict(
