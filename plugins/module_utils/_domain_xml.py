@@ -85,18 +85,37 @@ def to_kib(value: str | None, unit: str | None) -> int | None:
     return math.ceil(number * factor / 1024)
 
 
+def _mib(el) -> int | None:
+    kib = to_kib(el.text, el.get("unit")) if el is not None else None
+    return None if kib is None else kib // 1024
+
+
 def memory_mib(root) -> int | None:
     """The domain's <memory> in whole MiB (None when absent or unreadable)."""
-    el = root.find("memory")
-    if el is None:
-        return None
-    kib = to_kib(el.text, el.get("unit"))
-    return None if kib is None else kib // 1024
+    return _mib(root.find("memory"))
+
+
+def current_memory_mib(root) -> int | None:
+    """The domain's current memory (``<currentMemory>``, else ``<memory>``) in whole MiB."""
+    for tag in ("currentMemory", "memory"):
+        mib = _mib(root.find(tag))
+        if mib is not None:
+            return mib
+    return None
 
 
 def vcpus(root) -> int | None:
     el = root.find("vcpu")
     return int(el.text) if el is not None and el.text else None
+
+
+def online_vcpus(root) -> int | None:
+    """The vCPUs online (``<vcpu current=...>``, else its count); None when absent or unreadable."""
+    el = root.find("vcpu")
+    try:
+        return int(el.get("current") or el.text) if el is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def macs(root) -> list[str]:

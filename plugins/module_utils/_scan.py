@@ -154,24 +154,6 @@ class ScannedDomain:
         """The source paths of its disks now (``current``), in XML order."""
         return [d["path"] for d in dx.disks(self.current) if d["path"]]
 
-    def vcpus(self) -> int | None:
-        """The vCPUs online now (``<vcpu current=...>``, else its count), from ``current``."""
-        el = self.current.find("vcpu")
-        try:
-            return int(el.get("current") or el.text) if el is not None else None
-        except (TypeError, ValueError):
-            return None
-
-    def memory_mib(self) -> int | None:
-        """Its current memory (``<currentMemory>``, else ``<memory>``) in whole MiB, from ``current``."""
-        for tag in ("currentMemory", "memory"):
-            el = self.current.find(tag)
-            if el is not None:
-                kib = dx.to_kib(el.text, el.get("unit"))
-                if kib is not None:
-                    return kib // 1024
-        return None
-
 
 class HostScan:
     """Every domain of one connection, read once; ``users()`` answers from it."""
