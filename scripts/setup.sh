@@ -18,6 +18,7 @@ packages=(
   qemu-system-x86 qemu-utils libguestfs-tools python3-guestfs extlinux busybox-static xorriso openssh-server iproute2
   libvirt-dev pkg-config gcc python3-dev python3-venv git
   debootstrap e2fsprogs  # scripts/build-debian-guest.py: the real Debian 12 test guest (mkfs.ext4 -d)
+  osinfo-db  # kvm_vm's os_variant defaults (libguestfs pulls it in too; named because the code reads it)
 )
 # supermin (libguestfs's appliance builder) needs a host kernel under /boot.
 compgen -G '/boot/vmlinuz-*' >/dev/null || packages+=(linux-image-amd64)

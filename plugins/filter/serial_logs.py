@@ -15,7 +15,7 @@ from ansible_collections.virtops.kvm.plugins.plugin_utils._filter_input import a
 
 
 def serial_logs(domains) -> dict:
-    """Domain name -> path of its first <serial type='file'> log, for the domains that have one."""
+    """Domain name -> the file its first serial port writes (a file console, or a pty's log), when it has one."""
     filt = "serial_logs"
     logs = {}
     for d in named_dicts(domains, filt, "the domains"):
@@ -25,8 +25,13 @@ def serial_logs(domains) -> dict:
         for i, console in enumerate(a_list(consoles, filt, f"the consoles of {d['name']!r}")):
             if not isinstance(console, Mapping):
                 raise AnsibleFilterError(f"{filt}: console {i} of {d['name']!r} must be a dict, got {kind(console)}.")
-            if console.get("device") == "serial" and console.get("type") == "file" and console.get("path"):
+            if console.get("device") != "serial":
+                continue
+            if console.get("type") == "file" and console.get("path"):
                 logs[d["name"]] = console["path"]
+                break
+            if console.get("log"):
+                logs[d["name"]] = console["log"]
                 break
     return logs
 

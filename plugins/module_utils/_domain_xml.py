@@ -204,6 +204,7 @@ def consoles(root) -> list[dict]:
         for c in root.findall(f"devices/{kind}"):
             src = c.find("source")
             tgt = c.find("target")
+            log = c.find("log")
             out.append(
                 dict(
                     device=kind,
@@ -211,6 +212,7 @@ def consoles(root) -> list[dict]:
                     path=(src.get("path") if src is not None else None) or c.get("tty"),
                     target_type=tgt.get("type") if tgt is not None else None,
                     port=tgt.get("port") if tgt is not None else None,
+                    log=log.get("file") if log is not None else None,
                 )
             )
     return out

@@ -99,7 +99,7 @@ def canonical(root):
 
     Removes comments, the live-only ``id``, generated aliases (user aliases ``ua-*``
     stay), whitespace around text; converts memory sizes to KiB; lower-cases MACs
-    and UUIDs.
+    and UUIDs; spells out ``<vcpu current>`` (all of them when not given).
     """
     etree = _deps.etree
     root = copy.deepcopy(root)
@@ -127,6 +127,9 @@ def canonical(root):
             if kib is not None:
                 el.text = kib
                 el.set("unit", "KiB")
+        if el.tag == "vcpu" and el.getparent() is root and el.text and el.get("current") is None:
+            # libvirt drops current= when all vCPUs are online: spelled out, going back to all is a change
+            el.set("current", el.text)
         if el.tag == "mac" and el.get("address"):
             el.set("address", el.get("address").lower())
         if el.tag == "uuid" and el.text:

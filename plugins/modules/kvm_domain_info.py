@@ -93,7 +93,7 @@ domains:
       os: {type: hvm, arch: x86_64, machine: pc-i440fx-7.2}
       disks: []
       interfaces: [{type: user, mac: "52:54:00:e3:1e:96", source: null, model: virtio}]
-      consoles: [{device: serial, type: pty, path: /dev/pts/3, target_type: isa-serial, port: "0"}]
+      consoles: [{device: serial, type: pty, path: /dev/pts/3, target_type: isa-serial, port: "0", log: null}]
       config_file: /etc/libvirt/qemu/web1.xml
       provenance: null
       base_drift: []

@@ -75,6 +75,7 @@ HOST_PROGRAMS = {
 SUPPORT = {
     "libvirt0": "the libvirt client library that libvirt-python links to",
     "libvirt-libs": "the libvirt client library that libvirt-python links to",
+    "osinfo-db": "the osinfo database kvm_vm reads (data files under /usr/share/osinfo, no program)",
 }
 
 RUNNERS = {"runner", "run_command"}

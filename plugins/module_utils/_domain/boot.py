@@ -46,10 +46,15 @@ def compile_marker(pattern: str | None):
 
 
 def serial_log(root) -> str | None:
-    """The file of the domain's first ``<serial type='file'>`` (None when it logs nowhere readable)."""
+    """The file the domain's first serial port writes: a ``<serial type='file'>``, or the ``<log file>`` of
+    another type (a pty logged to a file, as kvm_vm makes); None when it logs nowhere readable."""
     for console in dx.consoles(root):
-        if console["device"] == "serial" and console["type"] == "file" and console["path"]:
+        if console["device"] != "serial":
+            continue
+        if console["type"] == "file" and console["path"]:
             return console["path"]
+        if console["log"]:
+            return console["log"]
     return None
 
 

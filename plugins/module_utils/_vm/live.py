@@ -33,6 +33,7 @@ device, so a restart removes it).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _connection, _deps
@@ -156,6 +157,11 @@ def _vcpus(wanted, live, plan: LivePlan) -> None:
 
 def _step(kind: str, device: str, key: str, el) -> dict:
     verb = "hot-plug" if kind == "attach" else "hot-unplug"
+    if kind == "attach":
+        # the persistent config's PCI address may be taken in the running guest: libvirt picks a free one
+        el = copy.deepcopy(el)
+        for child in el.findall("address") + el.findall("alias"):
+            el.remove(child)
     xml = _deps.etree.tostring(el, encoding="unicode", with_tail=False)
     return dict(what=f"{verb} {device} {key}", kind=kind, device=device, key=key, xml=xml)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import shutil
 from xml.etree import ElementTree
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
@@ -243,10 +242,8 @@ def _unknown(short_id: str, index: dict, dirs: tuple[str, ...]) -> InvalidInput:
     """The error for an id the database does not hold, with its close matches and how to list the ids."""
     close = difflib.get_close_matches(short_id, sorted(index["short"]), n=5)
     found = f"close matches: {', '.join(close)}." if close else "no close match."
-    if shutil.which("osinfo-query"):
-        listing = "List the ids with `osinfo-query os`."
-    else:
-        listing = f"The ids are the <short-id> entries of {', '.join(d + '/os' for d in dirs if os.path.isdir(d))}."
+    where = ", ".join(d + "/os" for d in dirs if os.path.isdir(d))
+    listing = f"The ids are the <short-id> entries of {where} ('osinfo-query os' lists them, from libosinfo-bin)."
     return InvalidInput(
         f"Unknown os_variant {short_id!r}: {found}",
         hint=f"{listing} For a release newer than the database use 'generic', a linuxYYYY id, or a newer osinfo-db.",

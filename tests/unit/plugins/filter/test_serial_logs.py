@@ -34,6 +34,12 @@ def test_serial_logs_first_file_serial_per_domain():
     assert serial_logs(domains) == {"a": "/img/a.log", "b": "/img/b.log"}
 
 
+def test_serial_logs_a_pty_logged_to_a_file_is_its_log():
+    logged = dict(console(type_="pty", path="/dev/pts/4"), log="/var/log/libvirt/qemu/c-console.log")
+    domains = [dom("c", consoles=[console(device="console", type_="pty", path=None), logged])]
+    assert serial_logs(domains) == {"c": "/var/log/libvirt/qemu/c-console.log"}
+
+
 @pytest.mark.parametrize(
     "consoles",
     [

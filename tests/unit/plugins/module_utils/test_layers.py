@@ -67,6 +67,22 @@ ALLOWED = {
     "_inventory": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan"},
     "_image": {"_deps", "_errors", "_manager", "_disk_files"},
     "_migrate": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_drift", "_scan", "_stream"},
+    # kvm_vm makes a VM's files as kvm_clone makes a clone's, then converges it as kvm_domain does
+    "_vm": {
+        "_deps",
+        "_errors",
+        "_connection",
+        "_manager",
+        "_domain_xml",
+        "_xml_compare",
+        "_disk_files",
+        "_scan",
+        "_host",
+        "_drift",
+        "_network_xml",
+        "_clone",
+        "_domain",
+    },
 }
 # The checks of what users type (_validate) sit at the bottom: every unit above _errors may use them.
 # So does the one poll loop (_wait, standard library only).

@@ -213,7 +213,22 @@ def test_predict_changes_only_what_differs():
     # the prediction satisfies the request and differs from the current XML exactly there
     assert xc.differences(_p(USER.replace("<vcpu>1</vcpu>", "<vcpu>4</vcpu>")), after) == []
     before = xc.canonical(_p(LIBVIRT))
-    assert xc.differences(before, after) == ["/domain/vcpu: '4' -> '1'"]
+    # all vCPUs online before and after: current= follows the count (canonical spells it out)
+    assert xc.differences(before, after) == ["/domain/vcpu/@current: '4' -> '1'", "/domain/vcpu: '4' -> '1'"]
+
+
+def test_going_back_to_all_vcpus_online_is_a_change():
+    partly = _p("<domain><name>x</name><vcpu placement='static' current='1'>2</vcpu></domain>")
+    assert xc.differences(_p("<domain><name>x</name><vcpu>2</vcpu></domain>"), partly) == [
+        "/domain/vcpu/@current: '1' -> '2'"
+    ]
+    assert (
+        xc.differences(
+            _p("<domain><name>x</name><vcpu current='2'>2</vcpu></domain>"),
+            _p("<domain><name>x</name><vcpu placement='static'>2</vcpu></domain>"),
+        )
+        == []
+    )
 
 
 def test_predict_removes_what_the_user_dropped():

@@ -373,6 +373,10 @@ def test_boot_marker_option_checks():
         run(name="x", xml=xml("x"), boot_marker="up", boot_timeout=-1)
     assert serial_log(libvirt_free_root(xml("x", serial="/l/x.log"))) == "/l/x.log"
     assert serial_log(libvirt_free_root(xml("x"))) is None
+    pty = "<serial type='pty'><log file='/l/pty.log' append='on'/><target port='0'/></serial>"
+    assert serial_log(libvirt_free_root(xml("x").replace("<devices>", f"<devices>{pty}"))) == "/l/pty.log"
+    bare = "<serial type='pty'><target port='0'/></serial>"
+    assert serial_log(libvirt_free_root(xml("x").replace("<devices>", f"<devices>{bare}"))) is None
 
 
 def libvirt_free_root(text):

@@ -1,0 +1,244 @@
+# Private to the virtops.kvm collection: not a public API, may change without notice.
+"""VmRun: one VM brought to its description: files made, XML defined, state and live changes, its result.
+
+The steps, each noted as a change in check mode as in a real run:
+
+1. the files the plan says to make (disks, then the cloud-init seed), the
+   seed rewritten when its documents differ;
+2. the domain XML built from the options (build.py) and handed to
+   kvm_domain's ``DomainRun``: the same semantic compare (a rerun defines
+   nothing), autostart, the state transitions and their waits;
+3. on a VM that was running and stays up, what the new config changes that
+   the guest can take live (live.py: memory, vCPUs, hot-plugged disks and
+   NICs); the rest is reported in ``pending_restart``, never restarted;
+4. each new overlay's base protected (chmod a-w).
+
+A new VM whose files or define fail is rolled back: the files this run made
+are deleted (never an image), and the error is raised. ``state: absent``
+removes the domain (DomainRun, NVRAM included) and the files its provenance
+says it made, refusing first if another disk or domain stands on one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
+from ansible_collections.virtops.kvm.plugins.module_utils import _xml_compare as xc
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import seed as sd
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.converge import DomainRun
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.restart import restart_differences
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, StorageError
+from ansible_collections.virtops.kvm.plugins.module_utils._vm import build, files, live
+
+# kvm_domain's options that kvm_vm does not expose, as kvm_vm always wants them
+_DOMAIN_FIXED = dict(
+    xml=None,
+    domain_type=None,
+    memory=None,
+    vcpus=None,
+    title=None,
+    description=None,
+    force=False,
+    allow_base_start=False,
+    accept_base_change=False,
+)
+
+
+class VmRun:
+    """One VM (its checked options ``vm`` and its plan) over the manager's connection; ``run()`` -> result."""
+
+    def __init__(self, manager, vm: dict, plan: dict):
+        self.m = manager
+        self.vm = vm
+        self.plan = plan
+        self.check_mode = manager.check_mode
+        self.changes: list[str] = []
+        self.made: list[str] = []
+
+    def _domain_params(self, state: str, remove_storage: str = "none") -> dict:
+        p = dict(_DOMAIN_FIXED, name=self.vm["name"], state=state, autostart=self.vm["autostart"])
+        p.update(
+            remove_storage=remove_storage,
+            shutdown_timeout=self.m.p["shutdown_timeout"],
+            boot_marker=self.m.p["boot_marker"],
+            boot_timeout=self.m.p["boot_timeout"],
+        )
+        return p
+
+    def _domain_run(self, p: dict, root) -> DomainRun:
+        return self.m.domain_run(p, self.vm["name"], root)
+
+    # ------------------------------------------------------------------ files
+
+    def _make_files(self) -> None:
+        name = self.vm["name"]
+        for d in self.plan["disks"]:
+            if not d["create"]:
+                continue
+            what = f"{d['mode']} of {d['source']}" if d["source"] else f"blank {d['format']}"
+            self.changes.append(f"create disk {d['target']} ({what}): {d['path']}")
+            if not self.check_mode:
+                files.make(self.m.runner, name, d)
+                self.made.append(d["path"])
+        seed = self.plan["seed"]
+        if seed is None:
+            return
+        documents = sd.seed_documents(name, self.plan["uuid"], name, self.vm["cloud_init"])
+        if os.path.exists(seed):
+            if sd.read_seed(seed)[1] == documents:
+                return
+            self.m.scan().guard([seed], f"rewrite the cloud-init seed of VM {name}", domain=name)
+            self.changes.append(f"rewrite cloud-init seed: {seed}")
+        else:
+            self.changes.append(f"create cloud-init seed: {seed}")
+        if not self.check_mode:
+            existed = os.path.exists(seed)
+            sd.build_seed(self.m.runner, self.m.which, seed, documents)
+            if not existed:
+                self.made.append(seed)
+
+    def _rollback(self) -> list[str]:
+        """Delete what this run made (a new VM that failed); what could not be deleted."""
+        left = []
+        for path in reversed(self.made):
+            try:
+                st.unlink(path)
+            except StorageError:
+                left.append(path)
+        return left
+
+    # ------------------------------------------------------------------ the domain
+
+    def _root(self):
+        created = [c for c in (files.record(d) for d in self.plan["disks"]) if c is not None]
+        if self.plan["seed"]:
+            created.append(dict(path=self.plan["seed"], mode="seed", format="raw"))
+        return build.domain_xml(
+            self.vm,
+            self.plan["disks"],
+            self.plan["os"],
+            self.plan["domain_type"],
+            self.plan["uuid"] if self.plan["new"] else None,
+            self.plan["seed"],
+            created,
+        )
+
+    def _live(self, dom, root, before, result: dict) -> None:
+        """Live changes on a VM that was running (``before``: its config then) and still is; pending_restart."""
+        if dom is None or before is None or self.vm["state"] not in ("present", "running"):
+            return
+        lv = _deps.libvirt
+        inactive = dx.parse(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE))
+        # in check mode: the config a define of ``root`` would leave (the same compare DomainRun made)
+        wanted = xc.predict(root, inactive) if self.check_mode else inactive
+        current = dx.parse(dom.XMLDesc(0))
+        steps = live.plan_live(wanted, current)
+        # the balloon is a request the guest may not follow (no driver): the live memory is asked for when the
+        # config's changes, not whenever the guest holds another amount, or a rerun would ask again forever
+        if before is not None and dx.current_memory_mib(before) == dx.current_memory_mib(wanted):
+            steps.steps = [s for s in steps.steps if s["kind"] != "memory"]
+        for step in steps.steps:
+            self.changes.append(step["what"])
+        if self.check_mode:
+            result["pending_restart"] = bool(steps.pending)
+            return
+        live.apply_live(dom, steps, clock=self.m.clock)
+        after = dx.parse(dom.XMLDesc(0))
+        result["pending_restart"] = bool(restart_differences(wanted, after))
+
+    def run(self) -> dict:
+        name = self.vm["name"]
+        if self.vm["state"] == "absent":
+            return self._absent()
+        scanned = self.m.scan().get(name)
+        before = scanned.inactive if scanned is not None and scanned.active else None
+        try:
+            self._make_files()
+            files.fingerprint_bases(self.plan["disks"])
+            root = self._root()
+            result = self._domain_run(self._domain_params(self.vm["state"]), root).run()
+        except (KvmError, OSError):
+            if self.plan["new"]:
+                left = self._rollback()
+                if left:
+                    self.m.warn(f"VM {name}: could not delete {', '.join(left)} after the failure.")
+            raise
+        self.changes.extend(result["changes"])
+        dom = None if self.check_mode and self.plan["new"] else self.m.lookup(name)
+        self._live(dom, root, before, result)
+        self._remove_detached(scanned)
+        for base in files.protect(self.plan["disks"], self.check_mode):
+            self.changes.append(f"protect base {base} (read-only: overlays stand on it)")
+        return self._result(result)
+
+    def _remove_detached(self, scanned) -> None:
+        """With remove_detached: the files this module made for disks no longer in the list, unless still used."""
+        if scanned is None or not self.vm["remove_detached"]:
+            return
+        kept = {os.path.realpath(d["path"]) for d in self.plan["disks"]}
+        prov = dx.provenance(scanned.inactive) or {}
+        dropped = [
+            c["path"]
+            for c in prov.get("created_disks", [])
+            if c.get("mode") != "seed" and c.get("path") and os.path.realpath(c["path"]) not in kept
+        ]
+        dropped = [p for p in dropped if os.path.exists(p)]
+        held = self.m.scan().held(dropped, self.vm["name"])
+        for path in dropped:
+            if path in held:
+                self.m.warn(f"VM {self.vm['name']}: the detached disk {path} is still used elsewhere; it was kept.")
+                continue
+            self.changes.append(f"delete detached disk file {path}")
+            if not self.check_mode:
+                st.unlink(path)
+
+    def _absent(self) -> dict:
+        name = self.vm["name"]
+        scanned = self.m.scan().get(name)
+        seeds: list[str] = []
+        if scanned is not None:
+            prov = dx.provenance(scanned.inactive) or {}
+            seeds = [c["path"] for c in prov.get("created_disks", []) if c.get("mode") == "seed" and c.get("path")]
+            held = self.m.scan().held([s for s in seeds if os.path.exists(s)], name)
+            if held:
+                raise StorageError(
+                    f"Refusing to remove VM {name}, nothing was changed: another domain uses {', '.join(sorted(held))}."
+                )
+        result = self._domain_run(self._domain_params("absent", "overlays"), None).run()
+        self.changes.extend(result["changes"])
+        removed = list(result["removed_files"])
+        for path in seeds:
+            if not os.path.exists(path):
+                continue
+            removed.append(path)
+            if not self.check_mode:
+                st.unlink(path)
+        result["removed_files"] = removed
+        return self._result(result)
+
+    def _result(self, result: dict) -> dict:
+        info = result.get("domain")
+        return dict(
+            name=self.vm["name"],
+            changed=bool(self.changes),
+            changes=self.changes,
+            pending_restart=bool(result.get("pending_restart")),
+            removed_files=result.get("removed_files", []),
+            console_log=build.console_log(self.vm) if self.vm["state"] != "absent" else None,
+            disks=[
+                dict(target=d["target"], path=d["path"], mode=d["mode"], format=d["format"], image=d["image"])
+                for d in self.plan.get("disks", [])
+            ],
+            seed=self.plan.get("seed"),
+            os_variant=(self.plan.get("os") or {}).get("short_id"),
+            domain=info,
+            diff=result.get("diff"),
+        )
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
