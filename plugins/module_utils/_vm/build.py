@@ -38,9 +38,12 @@ def defaults(vm: dict, os_info: dict | None) -> dict:
     machine = vm["machine"] or os_info.get("machine")
     if vm["firmware"] == "uefi-secure" and not machine:
         machine = "q35"  # Secure Boot needs SMM, which QEMU has on q35 only
+    # a default (the OS's or ours) never exceeds the given maximum (a given value above it is refused in spec.py)
+    memory = vm["memory"] or min(os_info.get("memory_mib") or DEFAULT_MEMORY_MIB, vm["max_memory"] or 1 << 62)
+    vcpus = vm["vcpus"] or min(os_info.get("vcpus") or DEFAULT_VCPUS, vm["max_vcpus"] or 1 << 62)
     return dict(
-        memory=vm["memory"] or os_info.get("memory_mib") or DEFAULT_MEMORY_MIB,
-        vcpus=vm["vcpus"] or os_info.get("vcpus") or DEFAULT_VCPUS,
+        memory=memory,
+        vcpus=vcpus,
         disk_bus=os_info.get("disk_bus") or ("virtio" if virtio else "sata"),
         nic_model=os_info.get("nic_model") or ("virtio" if os_info.get("virtio_net", virtio) else "e1000e"),
         machine=machine,
