@@ -71,8 +71,10 @@ def assign_targets(disks: list[dict], default_bus: str) -> list[dict]:
         if d["target"]:
             continue
         prefix = _PREFIX.get(d["bus"], "sd")
-        letter = next(c for c in "abcdefghijklmnopqrstuvwxyz" if f"{prefix}{c}" not in used)
-        d["target"] = f"{prefix}{letter}"
+        free = [f"{prefix}{c}" for c in "abcdefghijklmnopqrstuvwxyz" if f"{prefix}{c}" not in used]
+        if not free:
+            raise InvalidInput(f"No free {d['bus']} target is left ({prefix}a to {prefix}z are taken).")
+        d["target"] = free[0]
         used.add(d["target"])
     return out
 
