@@ -160,6 +160,16 @@ def claims(plans: dict[str, list[dict]], scan: HostScan, seeds: dict[str, str | 
             if real in seen:
                 problems.append(f"{path} is claimed by {seen[real]} and {who}")
             seen[real] = who
+    # an as_is image is written by its VM: no disk of the batch may be made on it (a copy reads it once, fine)
+    bases = {os.path.realpath(d["source"]): (n, d) for n, ds in plans.items() for d in ds if d["mode"] == "overlay"}
+    for name, disks in plans.items():
+        for d in disks:
+            if d["mode"] == "as_is" and os.path.realpath(d["path"]) in bases:
+                other, over = bases[os.path.realpath(d["path"])]
+                problems.append(
+                    f"{d['path']} is VM {name}'s writable disk {d['target']} (mode as_is) and the base of "
+                    f"VM {other} disk {over['target']}"
+                )
     paths = {path: name for name, disks in plans.items() for path in [d["path"] for d in disks]}
     for path, users in scan.users(list(paths)).items():
         others = sorted({u["domain"] for u in users if u["domain"] and u["domain"] != paths[path]})
