@@ -185,7 +185,9 @@ def claims(plans: dict[str, list[dict]], scan: HostScan, seeds: dict[str, str | 
 def make(runner, name: str, disk: dict) -> None:
     """Create one planned file (overlay, copy or blank) and grow it to ``size``; nothing left behind on failure."""
     path = disk["path"]
-    if disk["mode"] in ("overlay", "copy"):
+    if disk["mode"] == "copy" and disk["format"] != disk["source_format"]:
+        _convert(runner, name, disk)
+    elif disk["mode"] in ("overlay", "copy"):
         space.make_disk(runner, name, dict(disk, mode=disk["mode"]))
     else:
         if os.path.lexists(path):
@@ -200,6 +202,18 @@ def make(runner, name: str, disk: dict) -> None:
         if rc != 0:
             _remove(path)
             raise StorageError(f"Growing {path} to {disk['size']} bytes failed: {err.strip() or out.strip()}")
+
+
+def _convert(runner, name: str, disk: dict) -> None:
+    """A copy in another format than its image's (space.make_disk copies in the image's own format)."""
+    path = disk["path"]
+    if os.path.lexists(path):
+        raise Conflict(f"Disk file {path} for VM {name!r} appeared after the plan was made; it was left alone.")
+    argv = ["qemu-img", "convert", "-q", "-f", disk["source_format"], "-O", disk["format"], disk["source"], path]
+    rc, out, err = runner(argv)
+    if rc != 0:
+        _remove(path)
+        raise StorageError(f"Copying {disk['source']} to {path} failed: {err.strip() or out.strip()}")
 
 
 def _remove(path: str) -> None:
