@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import seed_path
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.converge import DomainRun
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan, ScansHost, lookup_domain
@@ -88,9 +89,15 @@ class VmManager(ScansHost, Manager):
 
     def _plan(self, vm: dict, scan: HostScan, pools: dict, kind: str) -> dict:
         name = vm["name"]
+        scanned = scan.get(name)
+        if scanned is not None and (dx.provenance(scanned.inactive) or {}).get("mode") != "vm":
+            raise Conflict(
+                f"Domain {name} exists and was not made by kvm_vm, so kvm_vm does not redefine or remove it; "
+                "nothing was changed.",
+                hint="Manage it with virtops.kvm.kvm_domain (or kvm_clone for a clone), or give this VM another name.",
+            )
         if vm["state"] == "absent":
             return dict(disks=[], seed=None, os=None)
-        scanned = scan.get(name)
         os_info = self._os.get(vm["os_variant"])
         bus = build.defaults(vm, os_info)["disk_bus"]
         disks = files.assign_targets(vm["disks"], bus)

@@ -442,8 +442,73 @@ def mounts() -> st.SearchStrategy:
     )
 
 
+def vm_disk() -> st.SearchStrategy:
+    """One entry of kvm_vm's disks: its known keys with good and bad values (sometimes an unknown key)."""
+    return st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "image": st.one_of(paths(), st.integers()),
+                "mode": st.sampled_from(["overlay", "copy", "as_is", "bogus", ""]),
+                "size": st.one_of(st.sampled_from(["1G", "64M", "0", "-1", "10X", "1P", "2P"]), integers(), text()),
+                "format": st.sampled_from(["qcow2", "raw", "vmdk", ""]),
+                "bus": st.sampled_from(["virtio", "sata", "ide", "floppy", ""]),
+                "target": st.one_of(st.sampled_from(["vda", "sdb", "VDA", "vd a", "../x", ""]), text()),
+                "path": paths(),
+                "pool": st.one_of(st.sampled_from(["default", "nope", "a/b", ""]), text()),
+                "bogus_key": st.just(1),
+            },
+        ),
+        jsonish(1),
+    )
+
+
+def vm_network() -> st.SearchStrategy:
+    return st.one_of(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "network": st.one_of(st.sampled_from(["default", "nope", "a/b", ""]), text()),
+                "bridge": st.sampled_from(["br0", "", "a/b"]),
+                "mac": st.one_of(st.sampled_from(MACS + ["01:00:5e:00:00:01", "zz:zz"]), text()),
+                "model": st.sampled_from(["virtio", "e1000e", "pcnet", ""]),
+            },
+        ),
+        jsonish(1),
+    )
+
+
+def vm_boot() -> st.SearchStrategy:
+    return st.one_of(
+        st.fixed_dictionaries({}, optional={"kernel": paths(), "initrd": paths(), "cmdline": text()}), jsonish(1)
+    )
+
+
+@st.composite
+def vm_item(draw):
+    """One entry of kvm_vm's vms: a dict of a VM's options (name mostly given)."""
+    optional = {
+        "memory": st.one_of(integers(), st.sampled_from(["512", "x"])),
+        "vcpus": st.one_of(integers(), st.sampled_from(["2", "x"])),
+        "os_variant": st.sampled_from(["debian11", "linux2022", "win11", "debain11", "", "-x"]),
+        "disks": st.lists(vm_disk(), max_size=2),
+        "networks": st.lists(vm_network(), max_size=2),
+        "boot": vm_boot(),
+        "cloud_init": cloud_init(),
+        "state": st.sampled_from(["present", "running", "absent", "bogus"]),
+        "bogus_key": st.just(1),
+    }
+    name = draw(st.one_of(st.sampled_from(["fuzz-v1", "fuzz-v2"]), text()))
+    return draw(st.fixed_dictionaries({"name": st.just(name)}, optional=optional))
+
+
 def special(module: str, option: str) -> st.SearchStrategy | None:
     """Options whose structure the spec cannot say (raw, or dicts without options)."""
+    if module == "kvm_vm":
+        vm = {"disks": st.lists(vm_disk(), max_size=3), "networks": st.lists(vm_network(), max_size=2)}
+        vm.update(boot=vm_boot(), cloud_init=cloud_init(), vms=st.lists(vm_item(), max_size=3))
+        if option in vm:
+            return vm[option]
     if module == "kvm_clone" and option == "clones":
         return st.lists(clone_item(), max_size=3)
     if module == "kvm_clone" and option == "cloud_init":
