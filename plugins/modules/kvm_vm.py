@@ -104,9 +104,9 @@ options:
     description:
       - V(bios), V(uefi) or V(uefi-secure) (UEFI with Secure Boot). UEFI firmware is chosen by libvirt's
         firmware auto-selection, with an NVRAM file per VM; it needs OVMF on the host (C(apt install ovmf)).
+      - Default - V(uefi) when the O(os_variant) requires UEFI (for example V(win11)), else V(bios).
     type: str
     choices: [bios, uefi, uefi-secure]
-    default: bios
   os_variant:
     description:
       - A libosinfo short id (V(debian12), V(ubuntu22.04), V(rhel9.0), V(win11), V(generic), ...), read from the

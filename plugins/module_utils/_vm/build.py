@@ -32,11 +32,12 @@ def console_log(vm: dict) -> str | None:
 
 
 def defaults(vm: dict, os_info: dict | None) -> dict:
-    """memory (MiB), vcpus, disk bus, NIC model and machine of a VM: its options, else the OS's, else ours."""
+    """memory (MiB), vcpus, disk bus, NIC model, machine and firmware of a VM: its options, else the OS's, else ours."""
     os_info = os_info or {}
     virtio = os_info.get("virtio", True) if os_info else True
     machine = vm["machine"] or os_info.get("machine")
-    if vm["firmware"] == "uefi-secure" and not machine:
+    firmware = vm["firmware"] or ("uefi" if os_info.get("firmware") == "efi" else "bios")
+    if firmware == "uefi-secure" and not machine:
         machine = "q35"  # Secure Boot needs SMM, which QEMU has on q35 only
     # a default (the OS's or ours) never exceeds the given maximum (a given value above it is refused in spec.py)
     memory = vm["memory"] or min(os_info.get("memory_mib") or DEFAULT_MEMORY_MIB, vm["max_memory"] or 1 << 62)
@@ -48,6 +49,7 @@ def defaults(vm: dict, os_info: dict | None) -> dict:
         nic_model=os_info.get("nic_model") or ("virtio" if os_info.get("virtio_net", virtio) else "e1000e"),
         machine=machine,
         virtio=virtio,
+        firmware=firmware,
     )
 
 
@@ -60,10 +62,10 @@ def _sub(parent, tag: str, text: str | None = None, **attrib):
 
 def _os(root, vm: dict, d: dict) -> None:
     os_el = _sub(root, "os")
-    if vm["firmware"] in ("uefi", "uefi-secure"):
+    if d["firmware"] in ("uefi", "uefi-secure"):
         os_el.set("firmware", "efi")
     _sub(os_el, "type", "hvm", arch="x86_64", machine=d["machine"])
-    if vm["firmware"] == "uefi-secure":
+    if d["firmware"] == "uefi-secure":
         _sub(os_el, "loader", secure="yes")
     boot = vm["boot"]
     if boot is not None:
@@ -92,8 +94,9 @@ def _cpu(root, vm: dict, domain_type: str) -> None:
 
 def _disk(devices, disk: dict) -> None:
     el = _sub(devices, "disk", type="file", device="disk")
-    _sub(el, "driver", name="qemu", type=disk["format"])
-    _sub(el, "source", file=disk["path"])
+    top = disk.get("top")  # an external snapshot's layer above the disk's file: the VM writes there
+    _sub(el, "driver", name="qemu", type="qcow2" if top else disk["format"])
+    _sub(el, "source", file=top or disk["path"])
     _sub(el, "target", dev=disk["target"], bus=disk["bus"])
 
 
@@ -146,7 +149,7 @@ def domain_xml(
     features = _sub(root, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
-    if vm["firmware"] == "uefi-secure":
+    if d["firmware"] == "uefi-secure":
         _sub(features, "smm", state="on")
     _cpu(root, vm, domain_type)
     _sub(root, "clock", offset="utc")

@@ -84,7 +84,8 @@ def _virtual_size(path: str, fmt: str) -> int:
 
 
 def plan_disks(vm: dict, disks: list[dict], dirs: dict, existing_root, scan: HostScan) -> list[dict]:
-    """Every disk of VM ``vm`` as a plan entry: the disk's options plus path, format, source_format, create, created.
+    """Every disk of VM ``vm`` as a plan entry: the disk's options plus path, format, source_format, create, created
+    and top (the snapshot layer the VM writes to above ``path``, or None).
 
     ``dirs``: the directory of each disk (by index) for the files made; ``existing_root``: the VM's current
     definition (or None), whose provenance says which files are already its own.
@@ -132,8 +133,28 @@ def plan_disks(vm: dict, disks: list[dict], dirs: dict, existing_root, scan: Hos
                 )
         else:
             e["create"] = True
+        e["top"] = _top_layer(existing_root, d["target"], e["path"])
         out.append(e)
     return out
+
+
+def _top_layer(existing_root, target: str, path: str) -> str | None:
+    """The file the VM's disk ``target`` uses now when it is a layer above ``path`` (an external snapshot), else None.
+
+    After kvm_snapshot (or virsh snapshot-create --disk-only) the domain writes to a new overlay and the planned
+    file is frozen beneath it: the XML must keep the top layer, or the next start would write into a file a
+    snapshot layer stands on.
+    """
+    if existing_root is None:
+        return None
+    now = next((d for d in dx.disks(existing_root) if d["target"] == target), None)
+    if now is None or not now["path"] or os.path.realpath(now["path"]) == os.path.realpath(path):
+        return None
+    try:
+        below = [os.path.realpath(c["path"]) for c in st.backing_chain(now["path"])[1:]]
+    except StorageError:
+        return None
+    return now["path"] if os.path.realpath(path) in below else None
 
 
 def _check_as_is(scan: HostScan, path: str, name: str, where: str) -> None:

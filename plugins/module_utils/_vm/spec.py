@@ -52,7 +52,6 @@ VM_OPTIONS = dict(
 VM_KEYS = tuple(VM_OPTIONS)
 # The top level's defaults (the module's ARGUMENT_SPEC carries them; an item's None takes the top level's value).
 VM_DEFAULTS = dict(
-    firmware="bios",
     disks=[],
     networks=[],
     console=True,

@@ -282,3 +282,13 @@ def test_test_driver_defines_the_xml(tconn, name, kw, os_info, domain_type):
     assert back.findtext("vcpu") == root.findtext("vcpu")
     assert [c["path"] for c in dx.provenance(back)["created_disks"]] == [c["path"] for c in created]
     assert len(back.findall("devices/disk")) == len(disks) + 1
+
+
+def test_firmware_default_follows_the_os():
+    from ansible_collections.virtops.kvm.plugins.module_utils._vm import build as b
+
+    vm = dict(memory=None, vcpus=None, machine=None, firmware=None, max_memory=None, max_vcpus=None)
+    assert b.defaults(vm, {"firmware": "efi", "machine": "q35"})["firmware"] == "uefi"
+    assert b.defaults(vm, {"firmware": None})["firmware"] == "bios"
+    assert b.defaults(vm, None)["firmware"] == "bios"
+    assert b.defaults(dict(vm, firmware="bios"), {"firmware": "efi"})["firmware"] == "bios", "the option wins"

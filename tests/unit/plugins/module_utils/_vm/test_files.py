@@ -156,6 +156,27 @@ def test_plan_keeps_a_file_recorded_in_the_provenance(tmp_path, scan):
     assert files.record(out[0]) == out[0]["created"]
 
 
+def test_plan_keeps_an_external_snapshot_layer_above_the_disk(tmp_path, scan):
+    """After kvm_snapshot the VM writes to a layer above its file: a rerun keeps that layer in the XML."""
+    q = img(tmp_path / "base.qcow2")
+    first = plan(tmp_path, scan, dict(image=q))
+    over = img(tmp_path / "ut-vm-vda.qcow2", backing=q)
+    snap = img(tmp_path / "ut-vm-vda.snap1", backing=over)
+    vm = dict(spec.vm_params(dict(name="ut-vm"), None, ""), disks=[dict(image=q)])
+    record = dict(path=over, mode="overlay", format="qcow2", base=q, base_fingerprint=None)
+    root = build.domain_xml(vm, [dict(first[0], top=snap)], None, "qemu", None, None, [record])
+    assert root.find("devices/disk/source").get("file") == snap
+    out = plan(tmp_path, scan, dict(image=q), existing=root)
+    assert out[0]["path"] == over and out[0]["top"] == snap
+    rebuilt = build.domain_xml(vm, out, None, "qemu", None, None, [record])
+    assert rebuilt.find("devices/disk/source").get("file") == snap, "never back to the frozen file"
+    assert rebuilt.find("devices/disk/driver").get("type") == "qcow2"
+    # a disk of the VM that is not above the planned file is not kept (the plan's file wins)
+    other = img(tmp_path / "elsewhere.qcow2")
+    moved = build.domain_xml(vm, [dict(first[0], top=other)], None, "qemu", None, None, [record])
+    assert plan(tmp_path, scan, dict(image=q), existing=moved)[0]["top"] is None
+
+
 def test_as_is_refused_when_another_domain_uses_the_image(tmp_path, tconn):
     q = img(tmp_path / "shared.qcow2")
     fakes.disk_domain(tconn, "ut-other", q)

@@ -41,7 +41,7 @@ def refused(fn, *args, **kw) -> InvalidInput:
 def test_vm_params_top_level_fills_defaults():
     p = spec.vm_params({"name": "a", "memory": 512}, None, "")
     assert p["name"] == "a" and p["memory"] == 512
-    assert p["firmware"] == "bios" and p["graphics"] == "none" and p["pool"] == "default"
+    assert p["firmware"] is None and p["graphics"] == "none" and p["pool"] == "default"  # None: the OS decides
     assert p["state"] == "present" and p["console"] is True and p["remove_detached"] is False
     assert p["disks"] == [] and p["networks"] == []
     assert set(p) == set(spec.VM_KEYS)
