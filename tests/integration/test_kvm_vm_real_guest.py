@@ -239,6 +239,8 @@ def test_3_absent_removes_the_vm_and_its_files_and_leaves_the_image(lab):
     assert lab.disk.exists() and lab.seed.exists(), "check mode removed a file"
     real = lab.run(args, False, "absent")
     assert not real.get("failed") and real["changed"] is True, said(real)
+    lab.facts["absent changes"] = real["changes"]
+    lab.facts["absent warnings"] = real.get("warnings", [])
     assert sorted(real["removed_files"]) == sorted([str(lab.disk), str(lab.seed)]), said(real)
     assert check["removed_files"] == real["removed_files"], (check["removed_files"], real["removed_files"])
     again = lab.run(args, False, "absent again")
