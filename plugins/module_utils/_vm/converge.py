@@ -11,7 +11,8 @@ The steps, each noted as a change in check mode as in a real run:
 3. on a VM that was running and stays up, what the new config changes that
    the guest can take live (live.py: memory, vCPUs, hot-plugged disks and
    NICs); the rest is reported in ``pending_restart``, never restarted;
-4. each new overlay's base protected (chmod a-w).
+4. (by the manager, once per base after the whole batch) each overlay's
+   base protected (chmod a-w).
 
 A new VM whose files or define fail is rolled back: the files this run made
 are deleted (never an image), and the error is raised. ``state: absent``
@@ -171,8 +172,6 @@ class VmRun:
         dom = None if self.check_mode and self.plan["new"] else self.m.lookup(name)
         self._live(dom, root, before, result)
         self._remove_detached(scanned)
-        for base in files.protect(self.plan["disks"], self.check_mode):
-            self.changes.append(f"protect base {base} (read-only: overlays stand on it)")
         return self._result(result)
 
     def _remove_detached(self, scanned) -> None:

@@ -139,11 +139,27 @@ class VmManager(ScansHost, Manager):
         self._scan = HostScan.take(self.conn)
         plans = self._plans(self._scan)
         if len(self.vms) == 1:
-            return [VmRun(self, self.vms[0], plans[self.vms[0]["name"]]).run()]
-        workers = max(1, min(self.p["parallel"], len(self.vms)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(self._one, v, plans[v["name"]]) for v in self.vms]
-            return [f.result() for f in futures]
+            results = [VmRun(self, self.vms[0], plans[self.vms[0]["name"]]).run()]
+        else:
+            workers = max(1, min(self.p["parallel"], len(self.vms)))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(self._one, v, plans[v["name"]]) for v in self.vms]
+                results = [f.result() for f in futures]
+        self._protect(plans, results)
+        return results
+
+    def _protect(self, plans: dict, results: list[dict]) -> None:
+        """chmod a-w each base an overlay of a VM that did not fail stands on, once, after the whole batch.
+
+        The change is reported by the first such VM in the list's order, in check mode as in a real run (VMs
+        made concurrently would otherwise each see the base writable in check mode, only one in a real run).
+        """
+        for r in results:
+            if r.get("failed"):
+                continue
+            for base in files.protect(plans[r["name"]]["disks"], self.check_mode):
+                r["changes"].append(f"protect base {base} (read-only: overlays stand on it)")
+                r["changed"] = True
 
     def run(self) -> dict:
         if self.check_mode:
