@@ -154,10 +154,13 @@ class VmManager(ScansHost, Manager):
         The change is reported by the first such VM in the list's order, in check mode as in a real run (VMs
         made concurrently would otherwise each see the base writable in check mode, only one in a real run).
         """
+        done: set = set()
         for r in results:
             if r.get("failed"):
                 continue
-            for base in files.protect(plans[r["name"]]["disks"], self.check_mode):
+            disks = [d for d in plans[r["name"]]["disks"] if d["mode"] != "overlay" or d["source"] not in done]
+            done.update(d["source"] for d in disks if d["mode"] == "overlay")
+            for base in files.protect(disks, self.check_mode):
                 r["changes"].append(f"protect base {base} (read-only: overlays stand on it)")
                 r["changed"] = True
 
