@@ -98,7 +98,7 @@ class VmRun:
             self.changes.append(f"create cloud-init seed: {seed}")
         if not self.check_mode:
             existed = os.path.exists(seed)
-            sd.build_seed(self.m.runner, self.m.which, seed, documents)
+            sd.build_seed(self.m.runner, self.m.which, seed, documents, replace=existed)
             if not existed:
                 self.made.append(seed)
 
