@@ -10,12 +10,17 @@ Each round times, in turn (the side that goes first alternates from round to rou
   of the N VMs, ``state: running`` (no ``boot_marker``, so it returns after the starts, as
   virt-install does with ``--noautoconsole``);
 * an idle play (``ansible.builtin.ping``) and, unless ``--no-rerun``, the kvm_vm play again over the
-  running VMs, which must report ``changed=0``.
+  VMs it made, which must report ``changed=0`` (timed against the idle play).
+
+Before the kvm_vm play the script waits, untimed, until no other run holds the host lock kvm_vm
+takes (other sessions' kvm_clone/kvm_vm runs on a shared machine), and says how long it waited.
 
 The VMs are identical on both sides: the busybox test guest's image (tests/guestlib.py), copied
 into this run's directory so the shared base is never made read-only by kvm_vm's base
 protection; 128 MiB, 1 vCPU, direct kernel boot, one overlay disk, no network, no graphics, the
-serial console logged to a file; both define AND start, neither waits for the boot. The pair's
+serial console logged to a file, the domain type kvm_vm picks on this host (virt-install gets it
+as ``--virt-type``); both define AND start, neither waits for the boot (``--state present``: both
+only define, virt-install with ``--noreboot``, kvm_vm with ``state: present``). The pair's
 ratio is kvm_vm play / virt-install loop; the script prints every round and the medians. All
 VMs are destroyed and undefined and their files deleted between the two sides, after each
 round and at the end, also on failure (domains ``vbm-<hex>-*``, directory
@@ -25,7 +30,7 @@ for it).
 virt-install is not installed with the collection: ``apt-get install -y --no-install-recommends
 virtinst`` (Debian/Ubuntu) or ``dnf install virt-install``.
 
-    .venv/bin/python -m bench.vm_batch [--vms 20] [--rounds 3] [--no-rerun]
+    .venv/bin/python -m bench.vm_batch [--vms 20] [--rounds 3] [--state running|present] [--no-rerun]
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ KVM_VM = """
         boot: "{{ boot }}"
         graphics: none
         networks: []
-        state: running
+        state: "{{ state }}"
         vms: "{{ vms }}"
 """
 
@@ -121,7 +126,7 @@ def cmdline() -> str:
     return guestlib.build_guest()["cmdline"]
 
 
-def virt_install_loop(uri: str, workdir: Path, names: list[str], virt_type: str) -> None:
+def virt_install_loop(uri: str, workdir: Path, names: list[str], virt_type: str, start: bool) -> None:
     """What ``for i in ...; do virt-install ...; done`` does: one process per VM, each making its overlay."""
     base = workdir / "base.qcow2"
     size_gib = _virtual_size(base) / 2**30
@@ -143,6 +148,8 @@ def virt_install_loop(uri: str, workdir: Path, names: list[str], virt_type: str)
             "--graphics=none",
             f"--serial=file,path={workdir / (name + '.log')}",
         ]
+        if not start:
+            argv.append("--noreboot")  # with --import: define only, the VM stays shut off
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"virt-install {name} failed (rc={proc.returncode}): {proc.stderr.strip()}")
@@ -163,10 +170,11 @@ def _virtual_size(image: Path) -> int:
     return _SIZES[image]
 
 
-def kvm_vm_vars(uri: str, workdir: Path, names: list[str]) -> dict:
+def kvm_vm_vars(uri: str, workdir: Path, names: list[str], state: str) -> dict:
     base = str(workdir / "base.qcow2")
     return dict(
         uri=uri,
+        state=state,
         boot=dict(kernel=str(workdir / "vmlinuz"), initrd=str(workdir / "initrd.img"), cmdline=cmdline()),
         vms=[
             dict(
@@ -180,7 +188,7 @@ def kvm_vm_vars(uri: str, workdir: Path, names: list[str]) -> dict:
 
 
 def running(conn, names: list[str]) -> tuple[int, set[str]]:
-    """How many of ``names`` are running, and the domain types (kvm/qemu) they were defined with."""
+    """How many of ``names`` are running, and the domain types (kvm/qemu) they were defined with (all defined)."""
     from lxml import etree
 
     count, types = 0, set()
@@ -223,6 +231,13 @@ def main() -> int:
     ap.add_argument("--vms", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-rerun", action="store_true", help="skip the kvm_vm rerun (changed=0) against the idle play")
+    ap.add_argument(
+        "--state",
+        choices=("running", "present"),
+        default="running",
+        help="running: both define and start (no wait for the boot); present: both only define "
+        "(virt-install --noreboot)",
+    )
     ap.add_argument("--uri", default=os.environ.get("LIBVIRT_DEFAULT_URI", "qemu:///system"))
     ap.add_argument(
         "--virt-type",
@@ -247,7 +262,7 @@ def main() -> int:
         names = [f"{prefix}-{i:02d}" for i in range(n)]
         print(
             f"{os.cpu_count()} CPUs; uri {opts.uri}; virt-install {version.strip()} (--virt-type {opts.virt_type}); "
-            f"{n} VMs, {opts.rounds} rounds; load {load()}",
+            f"{n} VMs, state {opts.state}, {opts.rounds} rounds; load {load()}",
             flush=True,
         )
         for rnd in range(opts.rounds):
@@ -257,22 +272,25 @@ def main() -> int:
                 cleanup(conn, prefix, workdir)
                 if side == "virt-install":
                     t0 = time.perf_counter()
-                    virt_install_loop(opts.uri, workdir, names, opts.virt_type)
+                    virt_install_loop(opts.uri, workdir, names, opts.virt_type, opts.state == "running")
                     times[side] = time.perf_counter() - t0
                 else:
                     idles.append(idle_play())
                     waited = wait_host_lock()
                     if waited > 0.5:
                         print(f"  (waited {waited:.1f}s for another run's host lock before the play)", flush=True)
-                    run = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names))
+                    run = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names, opts.state))
                     times[side] = run["seconds"]
                     if run["changed"] != 1:
                         raise RuntimeError(f"kvm_vm play: changed={run['changed']}, expected 1")
                 up, types[side] = running(conn, names)
-                if up != n:
-                    raise RuntimeError(f"{side}: {up} of {n} VMs running")
+                if up != (n if opts.state == "running" else 0):
+                    raise RuntimeError(f"{side}: {up} of {n} VMs running with state {opts.state}")
                 if side == "kvm_vm" and not opts.no_rerun:
-                    again = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names))
+                    waited = wait_host_lock()
+                    if waited > 0.5:
+                        print(f"  (waited {waited:.1f}s for another run's host lock before the rerun)", flush=True)
+                    again = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names, opts.state))
                     if again["changed"] != 0:
                         raise RuntimeError(f"kvm_vm rerun: changed={again['changed']}, expected 0")
                     reruns.append(again["seconds"])
