@@ -162,6 +162,8 @@ def test_2_live_memory_and_vcpus_without_restart(conn, booted):
     assert dom.ID() == dom_id and dom.isActive()
     inactive = dx.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     assert dx.current_memory_mib(inactive) == 300
+    live_max = dx.parse(dom.XMLDesc(0)).find("memory")
+    assert (live_max.get("unit"), live_max.text) == ("KiB", str(256 * 1024))  # the running maximum is the old one
     booted["args"] = args
     assert len(guestlib.read_markers(booted["scratch"] / "vm-console.log")) == 1
 
