@@ -148,9 +148,13 @@ def _place(tmp_iso: str, path: str) -> None:
         raise Conflict(f"{path} appeared while the cloud-init seed was made; it was left alone.") from None
 
 
-def build_seed(runner, which, path: str, documents: dict[str, bytes]) -> None:
-    """Write ``documents`` as the ISO 9660 volume 'cidata' at ``path``, all or nothing; never overwrite a file."""
-    if os.path.lexists(path):
+def build_seed(runner, which, path: str, documents: dict[str, bytes], replace: bool = False) -> None:
+    """Write ``documents`` as the ISO 9660 volume 'cidata' at ``path``, all or nothing.
+
+    A file at ``path`` is never overwritten, unless ``replace`` (kvm_vm rewriting a seed it made, checked by the
+    caller): the new one is then renamed over it atomically (a reader sees the old seed or the new, whole).
+    """
+    if os.path.lexists(path) and not replace:
         raise Conflict(
             f"{path} exists and kvm_clone did not make it in this run; it was left alone.",
             hint="Move or remove it, or give the clone another name or dest_dir.",
@@ -178,7 +182,10 @@ def build_seed(runner, which, path: str, documents: dict[str, bytes]) -> None:
             tool, why = os.path.basename(prefix[0]), (err or "").strip() or "no error output"
             raise StorageError(f"{tool} could not make the cloud-init seed {path} (rc={rc}): {why}")
         os.chmod(tmp_iso, 0o644)
-        _place(tmp_iso, path)
+        if replace:
+            os.replace(tmp_iso, path)
+        else:
+            _place(tmp_iso, path)
     except OSError as exc:
         raise StorageError(
             f"Cannot write the cloud-init seed in {directory}: {exc.strerror or exc}.",
