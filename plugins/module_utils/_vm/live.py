@@ -14,7 +14,9 @@ Rules (semantic parts only; libvirt's addresses and aliases are ignored):
 * memory: the wanted ``<currentMemory>`` is set live when it is within the live
   ``<memory>`` maximum and the live domain has a memory balloon; else pending.
 * vCPUs: the wanted online count is set live when it is within the live
-  ``<vcpu>`` maximum; else pending.
+  ``<vcpu>`` maximum and, when lower, no lower than the live vCPUs that are not
+  hot-pluggable (those the domain started with: QEMU cannot unplug them); else
+  pending.
 * disks by target, interfaces by MAC: one that is wanted and not live is
   hot-plugged, one live and not wanted is hot-unplugged (its live element is
   what libvirt is given). One that exists on both sides but differs (a disk's
@@ -149,8 +151,13 @@ def _vcpus(wanted, live, plan: LivePlan) -> None:
     want, have, top = dx.online_vcpus(wanted), dx.online_vcpus(live), dx.vcpus(live)
     if want is None or have is None or want == have:
         return
+    unpluggable = len(live.findall("vcpus/vcpu[@enabled='yes'][@hotpluggable='yes']"))
     if top is None or want > top:
         plan.pending.append(f"vCPUs {want}: above the running maximum of {top}")
+    elif want < have - unpluggable:
+        # QEMU cannot unplug the vCPUs a domain started with (libvirt marks them hotpluggable='no', or lists no
+        # <vcpus> at all when none was ever hot-plugged): only those hot-plugged since can go live
+        plan.pending.append(f"vCPUs {want}: below the {have - unpluggable} the running domain cannot unplug")
     else:
         plan.steps.append(dict(what=f"live vcpus: {have} -> {want}", kind="vcpus", count=want))
 

@@ -89,6 +89,21 @@ def test_vcpus_within_the_live_maximum_are_set_live():
     assert plan.pending == []
 
 
+def test_vcpus_lowered_live_only_down_to_those_hot_plugged_since_the_start():
+    # 2 online at the start, none hot-plugged (libvirt lists no <vcpus>): QEMU cannot unplug them
+    plan = plan_live(domain(vcpu=4, online=1), domain(vcpu=4, online=2))
+    assert plan.steps == []
+    assert plan.pending == ["vCPUs 1: below the 2 the running domain cannot unplug"]
+    # 1 at the start, 2 hot-plugged since: those 2 can go
+    ids = "".join(
+        f"<vcpu id='{i}' enabled='{'yes' if i < 3 else 'no'}' hotpluggable='{'no' if i == 0 else 'yes'}'/>"
+        for i in range(4)
+    )
+    plan = plan_live(domain(vcpu=4, online=1), domain(vcpu=4, online=3, extra=f"<vcpus>{ids}</vcpus>"))
+    assert plan.steps == [dict(what="live vcpus: 3 -> 1", kind="vcpus", count=1)]
+    assert plan.pending == []
+
+
 def test_vcpus_above_the_live_maximum_are_pending():
     plan = plan_live(domain(vcpu=8), domain(vcpu=4))
     assert plan.steps == []
