@@ -42,6 +42,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,6 +227,56 @@ def wait_host_lock() -> float:
     return time.perf_counter() - t0
 
 
+class LockWatch:
+    """Samples, while a play runs, whether a process outside this bench holds the host lock kvm_vm waits for."""
+
+    def __init__(self, period: float = 0.25):
+        from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import default_lock_path
+
+        self.path, self.period, self.seconds = default_lock_path(), period, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LockWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self, what: str) -> None:
+        if self.seconds:
+            print(f"  (another run held the host lock for ~{self.seconds:.1f}s during the {what})", flush=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            if any(not _ours(pid) for pid in _holders(self.path)):
+                self.seconds += self.period
+
+
+def _holders(path: str) -> list[int]:
+    try:
+        ino = os.stat(path).st_ino
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    return [int(f[4]) for f in (line.split() for line in lines) if len(f) > 5 and f[5].endswith(f":{ino}")]
+
+
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` descends from this bench process (its plays' module runs)."""
+    me = os.getpid()
+    while pid > 1:
+        if pid == me:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vms", type=int, default=20)
@@ -279,7 +330,9 @@ def main() -> int:
                     waited = wait_host_lock()
                     if waited > 0.5:
                         print(f"  (waited {waited:.1f}s for another run's host lock before the play)", flush=True)
-                    run = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names, opts.state))
+                    with LockWatch() as watch:
+                        run = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names, opts.state))
+                    watch.report("play")
                     times[side] = run["seconds"]
                     if run["changed"] != 1:
                         raise RuntimeError(f"kvm_vm play: changed={run['changed']}, expected 1")
@@ -290,7 +343,9 @@ def main() -> int:
                     waited = wait_host_lock()
                     if waited > 0.5:
                         print(f"  (waited {waited:.1f}s for another run's host lock before the rerun)", flush=True)
-                    again = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names, opts.state))
+                    with LockWatch() as watch:
+                        again = play(KVM_VM, kvm_vm_vars(opts.uri, workdir, names, opts.state))
+                    watch.report("rerun")
                     if again["changed"] != 0:
                         raise RuntimeError(f"kvm_vm rerun: changed={again['changed']}, expected 0")
                     reruns.append(again["seconds"])
