@@ -357,6 +357,7 @@ def test_7_define_start_delete_like_community_libvirt(conn, guest, prefix, scrat
     vm = dict(
         name=name,
         memory=128,
+        vcpus=2,
         disks=[dict(size="32M", path=str(disk))],
         boot=kernel_boot(guest),
         console_log=str(scratch / "cl.log"),
@@ -368,6 +369,11 @@ def test_7_define_start_delete_like_community_libvirt(conn, guest, prefix, scrat
     # start
     r = four(dict(vm, state="running", boot_marker=guest["marker"], boot_timeout=240))
     assert r[1]["changes"] == ["start"] and conn.lookupByName(name).isActive()
+    # (not in community.libvirt) the vCPUs a domain started with cannot be unplugged: pending, not a failure
+    dom = conn.lookupByName(name)
+    r = four(dict(vm, vcpus=1, max_vcpus=2, state="running"))
+    assert all(x["pending_restart"] is True for x in r), r
+    assert dom.vcpusFlags(LIVE) == 2 and dom.vcpusFlags(CONFIG) == 1
     # delete
     r = four(dict(name=name, state="absent"))
     assert r[1]["removed_files"] == [str(disk)]
