@@ -470,7 +470,7 @@ def vm_network() -> st.SearchStrategy:
             optional={
                 "network": st.one_of(st.sampled_from(["default", "nope", "a/b", ""]), text()),
                 "bridge": st.sampled_from(["br0", "", "a/b"]),
-                "mac": st.one_of(st.sampled_from(MACS + ["01:00:5e:00:00:01", "zz:zz"]), text()),
+                "mac": st.one_of(st.sampled_from([*MACS, "01:00:5e:00:00:01", "zz:zz"]), text()),
                 "model": st.sampled_from(["virtio", "e1000e", "pcnet", ""]),
             },
         ),

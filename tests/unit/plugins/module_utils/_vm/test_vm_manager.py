@@ -219,7 +219,6 @@ def test_cloud_init_seed_made_kept_and_removed(tconn, tmp_path, pool):
     assert files_in(tmp_path) == {"cloud.qcow2"}, "the base stays"
 
 
-@pytest.mark.xfail(reason="converge.py hands an existing seed to seed.build_seed, which refuses any existing file")
 def test_cloud_init_seed_rewritten_when_the_documents_change(tconn, tmp_path, pool):
     base = img(tmp_path / "cloud.qcow2")
     seed = str(tmp_path / "ut-cr-cidata.iso")
