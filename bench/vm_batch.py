@@ -12,8 +12,9 @@ Each round times, in turn (the side that goes first alternates from round to rou
 * an idle play (``ansible.builtin.ping``) and, unless ``--no-rerun``, the kvm_vm play again over the
   VMs it made, which must report ``changed=0`` (timed against the idle play).
 
-Before the kvm_vm play the script waits, untimed, until no other run holds the host lock kvm_vm
-takes (other sessions' kvm_clone/kvm_vm runs on a shared machine), and says how long it waited.
+Before each kvm_vm play the script waits, untimed, until no other run holds the host lock kvm_vm
+takes (other sessions' kvm_clone/kvm_vm runs on a shared machine), says how long it waited, and
+says how long another process held the lock during the timed play (a lock wait, not kvm_vm's cost).
 
 The VMs are identical on both sides: the busybox test guest's image (tests/guestlib.py), copied
 into this run's directory so the shared base is never made read-only by kvm_vm's base
