@@ -190,9 +190,15 @@ def test_3_blank_disk_hot_plugged_then_detached(conn, booted):
     assert vdb.exists()
     assert not any("delete" in c for c in results[1]["changes"])
 
-    # the kept file is not this VM's any more: re-added as a new disk it is refused, as an as_is image it is used
-    r = run_module(MOD, dict(base_args, disks=[*base_args["disks"], dict(size="16M", path=str(vdb))]))
-    assert r.get("failed") and "as_is" in r["msg"], r
+    # the kept file is still recorded as this VM's: listed again at its path it is attached again, not made
+    with_vdb = dict(base_args, disks=[*base_args["disks"], dict(size="16M", path=str(vdb))])
+    results = four(with_vdb)
+    assert "hot-plug disk vdb" in results[1]["changes"], results[1]
+    assert not any(c.startswith("create disk vdb") for c in results[1]["changes"]), results[1]
+    four(dict(base_args, remove_detached=False))  # detached again, still kept
+    assert vdb.exists()
+
+    # as an as_is image it is the VM's to write but no longer its own file (never deleted by this module)
     vdc = scratch / "vm-vdc.qcow2"
     again = [dict(image=str(vdb), mode="as_is"), dict(size="16M", path=str(vdc))]
     results = four(dict(base_args, disks=[*base_args["disks"], *again]))
@@ -201,7 +207,7 @@ def test_3_blank_disk_hot_plugged_then_detached(conn, booted):
 
     # both dropped with remove_detached true: the file made is deleted, the as_is image never
     results = four(dict(base_args, remove_detached=True))
-    assert f"delete detached disk file {vdc}" in results[1]["changes"]
+    assert f"delete detached file {vdc}" in results[1]["changes"]
     assert not any(str(vdb) in c for c in results[1]["changes"])
     assert results[0]["changes"] == results[1]["changes"]
     assert not vdc.exists() and vdb.exists()

@@ -58,6 +58,9 @@ class VmRun:
         self.check_mode = manager.check_mode
         self.changes: list[str] = []
         self.made: list[str] = []
+        # files this module made for the VM that the plan no longer names: kept (still recorded) or to delete
+        self.kept: list[dict] = []
+        self.dropped: list[str] = []
 
     def _domain_params(self, state: str, remove_storage: str = "none") -> dict:
         p = dict(_DOMAIN_FIXED, name=self.vm["name"], state=state, autostart=self.vm["autostart"])
@@ -117,6 +120,7 @@ class VmRun:
         created = [c for c in (files.record(d) for d in self.plan["disks"]) if c is not None]
         if self.plan["seed"]:
             created.append(dict(path=self.plan["seed"], mode="seed", format="raw"))
+        created.extend(self.kept)
         return build.domain_xml(
             self.vm,
             self.plan["disks"],
@@ -158,6 +162,7 @@ class VmRun:
             return self._absent()
         scanned = self.m.scan().get(name)
         before = scanned.inactive if scanned is not None and scanned.active else None
+        self._sort_detached(scanned)
         try:
             self._make_files()
             files.fingerprint_bases(self.plan["disks"])
@@ -172,47 +177,60 @@ class VmRun:
         self.changes.extend(result["changes"])
         dom = None if self.check_mode and self.plan["new"] else self.m.lookup(name)
         self._live(dom, root, before, result)
-        self._remove_detached(scanned)
+        self._remove_detached()
         return self._result(result)
 
-    def _remove_detached(self, scanned) -> None:
-        """With remove_detached: the files this module made for disks no longer in the list, unless still used."""
-        if scanned is None or not self.vm["remove_detached"]:
+    def _sort_detached(self, scanned) -> None:
+        """The files made for this VM that the plan no longer names (a dropped disk, the seed of a dropped
+        cloud_init): deleted with remove_detached when nothing else uses them, else kept and still recorded, so a
+        later run can take one back and state=absent still deletes it."""
+        if scanned is None:
             return
-        kept = {os.path.realpath(d["path"]) for d in self.plan["disks"]}
+        named = {os.path.realpath(d["path"]) for d in self.plan["disks"]}
+        if self.plan["seed"]:
+            named.add(os.path.realpath(self.plan["seed"]))
         prov = dx.provenance(scanned.inactive) or {}
-        dropped = [
-            c["path"]
+        left = [
+            c
             for c in prov.get("created_disks", [])
-            if c.get("mode") != "seed" and c.get("path") and os.path.realpath(c["path"]) not in kept
+            if c.get("path") and os.path.realpath(c["path"]) not in named and os.path.exists(c["path"])
         ]
-        dropped = [p for p in dropped if os.path.exists(p)]
-        held = self.m.scan().held(dropped, self.vm["name"])
-        for path in dropped:
-            if path in held:
-                self.m.warn(f"VM {self.vm['name']}: the detached disk {path} is still used elsewhere; it was kept.")
-                continue
-            self.changes.append(f"delete detached disk file {path}")
+        held = self.m.scan().held([c["path"] for c in left], self.vm["name"]) if self.vm["remove_detached"] else set()
+        for c in left:
+            if self.vm["remove_detached"] and c["path"] not in held:
+                self.dropped.append(c["path"])
+            else:
+                if c["path"] in held:
+                    self.m.warn(f"VM {self.vm['name']}: the detached file {c['path']} is used elsewhere; it was kept.")
+                self.kept.append(c)
+
+    def _remove_detached(self) -> None:
+        """Delete the dropped files (after the live detach: the guest no longer has them)."""
+        for path in self.dropped:
+            self.changes.append(f"delete detached file {path}")
             if not self.check_mode:
                 st.unlink(path)
 
     def _absent(self) -> dict:
+        """Undefine (DomainRun: its attached disks made here, NVRAM) and every other file recorded as made here."""
         name = self.vm["name"]
         scanned = self.m.scan().get(name)
-        seeds: list[str] = []
+        recorded: list[str] = []
         if scanned is not None:
             prov = dx.provenance(scanned.inactive) or {}
-            seeds = [c["path"] for c in prov.get("created_disks", []) if c.get("mode") == "seed" and c.get("path")]
-            held = self.m.scan().held([s for s in seeds if os.path.exists(s)], name)
+            recorded = [c["path"] for c in prov.get("created_disks", []) if c.get("path") and os.path.exists(c["path"])]
+            held = self.m.scan().held(recorded, name)
             if held:
                 raise StorageError(
-                    f"Refusing to remove VM {name}, nothing was changed: another domain uses {', '.join(sorted(held))}."
+                    f"Refusing to remove VM {name}, nothing was changed: something else uses or stands on "
+                    f"{', '.join(sorted(held))}.",
+                    hint="Remove what depends on these files first (kvm_domain_info shows who uses them).",
                 )
         result = self._domain_run(self._domain_params("absent", "overlays"), None).run()
         self.changes.extend(result["changes"])
         removed = list(result["removed_files"])
-        for path in seeds:
-            if not os.path.exists(path):
+        for path in recorded:
+            if path in removed or not os.path.exists(path):
                 continue
             removed.append(path)
             if not self.check_mode:

@@ -231,3 +231,23 @@ def test_cloud_init_seed_rewritten_when_the_documents_change(tconn, tmp_path, po
     assert run(tconn, tmp_path, **changed)["changes"] == check["changes"]
     assert digest(seed) != old
     assert run(tconn, tmp_path, **changed)["changed"] is False
+
+
+def test_dropped_files_stay_recorded_until_deleted(tconn, tmp_path, pool):
+    """A dropped disk's file and a dropped cloud_init's seed are kept and still recorded: taken back by a later
+    run at the same path (not made again), deleted by remove_detached or by state=absent, never left orphaned."""
+    base = img(tmp_path / "cloud.qcow2")
+    seed, vdb = str(tmp_path / "ut-dr-cidata.iso"), str(tmp_path / "ut-dr-vdb.qcow2")
+    full = dict(name="ut-dr", disks=[dict(image=base), dict(size="16M")], pool=pool, cloud_init={})
+    run(tconn, tmp_path, **full)
+    assert os.path.exists(seed) and os.path.exists(vdb)
+    bare = dict(full, disks=[dict(image=base)], cloud_init=None)
+    assert not any(c.startswith("delete") for c in run(tconn, tmp_path, **bare)["changes"])
+    recorded = {c["path"] for c in dx.provenance(dx.parse(tconn.lookupByName("ut-dr").XMLDesc(2)))["created_disks"]}
+    assert {seed, vdb} <= recorded and os.path.exists(seed) and os.path.exists(vdb)
+    back = run(tconn, tmp_path, **dict(bare, disks=full["disks"]))
+    assert not any(c.startswith("create disk vdb") for c in back["changes"]), back["changes"]
+    run(tconn, tmp_path, **bare)
+    gone = run(tconn, tmp_path, state="absent", name="ut-dr", pool=pool)
+    assert {seed, vdb} <= set(gone["removed_files"]) and not os.path.exists(seed) and not os.path.exists(vdb)
+    assert os.path.exists(base), "the image is never deleted"
