@@ -252,7 +252,7 @@ class LockWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            if any(not _ours(pid) for pid in _holders(self.path)):
+            if any(_ours(pid) is False for pid in _holders(self.path)):
                 self.seconds += self.period
 
 
@@ -265,8 +265,8 @@ def _holders(path: str) -> list[int]:
     return [int(f[4]) for f in (line.split() for line in lines) if len(f) > 5 and f[5].endswith(f":{ino}")]
 
 
-def _ours(pid: int) -> bool:
-    """Whether ``pid`` descends from this bench process (its plays' module runs)."""
+def _ours(pid: int) -> bool | None:
+    """Whether ``pid`` descends from this bench process (its plays' module runs); None if it is gone."""
     me = os.getpid()
     while pid > 1:
         if pid == me:
@@ -274,7 +274,7 @@ def _ours(pid: int) -> bool:
         try:
             pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
-            return False
+            return None  # exited between the two reads: not counted either way
     return False
 
 
