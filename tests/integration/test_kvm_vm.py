@@ -107,7 +107,8 @@ def test_1_running_vm_by_direct_kernel_boot_with_overlay_and_seed(conn, guest, b
     vda, seed, log = str(scratch / "vm-vda.qcow2"), str(scratch / f"{name}-cidata.iso"), scratch / "vm-console.log"
     real = results[1]
     assert results[0]["changes"] == real["changes"]
-    assert real["changes"][:2] == [
+    assert real["changes"][:3] == [
+        f"protect base {image} (read-only: overlays stand on it)",  # before anything stands or runs on it
         f"create disk vda (overlay of {image}): {vda}",
         f"create cloud-init seed: {seed}",
     ]

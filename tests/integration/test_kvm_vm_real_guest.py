@@ -163,11 +163,11 @@ def test_1_four_ways_boot_the_guest(lab):
     assert real1["changed"] is True, said(real1)
     assert check1["changes"] == real1["changes"], (check1["changes"], real1["changes"])
     assert real1["changes"] == [
+        f"protect base {lab.image} (read-only: overlays stand on it)",  # before anything runs on it
         f"create disk vda (overlay of {lab.image}): {lab.disk}",
         f"create cloud-init seed: {lab.seed}",
         "define",
         "start",
-        f"protect base {lab.image} (read-only: overlays stand on it)",
     ], real1["changes"]
     assert real1["vm"]["state"] == "running", said(real1)
     assert real1["seed"] == str(lab.seed) and real1["console_log"] == str(lab.console), said(real1)

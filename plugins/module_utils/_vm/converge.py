@@ -1,7 +1,8 @@
 # Private to the virtops.kvm collection: not a public API, may change without notice.
 """VmRun: one VM brought to its description: files made, XML defined, state and live changes, its result.
 
-The steps, each noted as a change in check mode as in a real run:
+The steps, each noted as a change in check mode as in a real run (before
+them, the manager has made each overlay's base read-only, once per base):
 
 1. the files the plan says to make (disks, then the cloud-init seed), the
    seed rewritten when its documents differ;
@@ -11,8 +12,8 @@ The steps, each noted as a change in check mode as in a real run:
 3. on a VM that was running and stays up, what the new config changes that
    the guest can take live (live.py: memory, vCPUs, hot-plugged disks and
    NICs); the rest is reported in ``pending_restart``, never restarted;
-4. (by the manager, once per base after the whole batch) each overlay's
-   base protected (chmod a-w).
+4. the files made for it that the task no longer lists: deleted with
+   ``remove_detached``, else kept and still recorded.
 
 A new VM whose files or define fail is rolled back: the files this run made
 are deleted (never an image), and the error is raised. ``state: absent``
@@ -61,6 +62,8 @@ class VmRun:
         # files this module made for the VM that the plan no longer names: kept (still recorded) or to delete
         self.kept: list[dict] = []
         self.dropped: list[str] = []
+        #: the wait for boot_marker after this run started the VM (None: nothing to wait for)
+        self.boot_watch = None
 
     def _domain_params(self, state: str, remove_storage: str = "none") -> dict:
         p = dict(_DOMAIN_FIXED, name=self.vm["name"], state=state, autostart=self.vm["autostart"])
@@ -167,7 +170,9 @@ class VmRun:
             self._make_files()
             files.fingerprint_bases(self.plan["disks"])
             root = self._root()
-            result = self._domain_run(self._domain_params(self.vm["state"]), root).run()
+            domain_run = self._domain_run(self._domain_params(self.vm["state"]), root)
+            result = domain_run.run()
+            self.boot_watch = domain_run.boot_watch  # waited for by the manager, after the host lock
         except (KvmError, OSError):
             if self.plan["new"]:
                 left = self._rollback()

@@ -8,8 +8,12 @@ Three passes, so a bad item changes nothing and a batch costs about one VM's tim
 2. under the host lock kvm_clone takes (no lock in check mode), one
    ``HostScan`` plans every VM: where its files go, what exists, every
    refusal (files.py), and no file claimed twice across the batch;
-3. the VMs run (converge.py), up to ``parallel`` at once; a VM that fails
-   fails alone, and the task then fails naming it, with every VM's result.
+3. every base a planned overlay stands on is made read-only (once, before
+   anything runs on it); then the VMs run (converge.py), up to ``parallel``
+   at once; a VM that fails fails alone, and the task then fails naming it,
+   with every VM's result;
+4. the lock released, the boots (``boot_marker``) are waited for together,
+   in one loop: a task waiting for slow guests does not hold up other tasks.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.lock import HostLock
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.seed import seed_path
+from ansible_collections.virtops.kvm.plugins.module_utils._domain.boot import wait_all
 from ansible_collections.virtops.kvm.plugins.module_utils._domain.converge import DomainRun
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import Conflict, InvalidInput, KvmError
 from ansible_collections.virtops.kvm.plugins.module_utils._host.probe import usable_domain_type
@@ -79,7 +84,15 @@ class VmManager(ScansHost, Manager):
 
     def domain_run(self, p: dict, name: str, root) -> DomainRun:
         return DomainRun(
-            self.connection, p, name, root, self.check_mode, scan=self.scan, warn=self.warn, clock=self.clock
+            self.connection,
+            p,
+            name,
+            root,
+            self.check_mode,
+            scan=self.scan,
+            warn=self.warn,
+            clock=self.clock,
+            defer_boot_wait=True,  # the boots are waited for after the host lock is released (run)
         )
 
     def lookup(self, name: str):
@@ -129,47 +142,61 @@ class VmManager(ScansHost, Manager):
 
     # ------------------------------------------------------------------ acting
 
-    def _one(self, vm: dict, plan: dict) -> dict:
+    def _one(self, run: VmRun) -> dict:
         try:
-            return VmRun(self, vm, plan).run()
+            return run.run()
         except KvmError as exc:
-            return dict(name=vm["name"], failed=True, msg=exc.message, error=type(exc).__name__, changed=False)
+            return dict(name=run.vm["name"], failed=True, msg=exc.message, error=type(exc).__name__, changed=False)
 
-    def _act(self) -> list[dict]:
+    def _act(self) -> tuple[list[dict], dict]:
+        """Plan, protect the bases, run every VM; (results, the boot waits they left by VM name)."""
         self._scan = HostScan.take(self.conn)
         plans = self._plans(self._scan)
-        if len(self.vms) == 1:
-            results = [VmRun(self, self.vms[0], plans[self.vms[0]["name"]]).run()]
+        protected = self._protect(plans)
+        runs = [VmRun(self, v, plans[v["name"]]) for v in self.vms]
+        if len(runs) == 1:
+            results = [runs[0].run()]
         else:
-            workers = max(1, min(self.p["parallel"], len(self.vms)))
+            workers = max(1, min(self.p["parallel"], len(runs)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(self._one, v, plans[v["name"]]) for v in self.vms]
-                results = [f.result() for f in futures]
-        self._protect(plans, results)
-        return results
+                results = list(pool.map(self._one, runs))
+        for r in results:
+            if protected.get(r["name"]) and not r.get("failed"):
+                r["changes"][:0] = [f"protect base {b} (read-only: overlays stand on it)" for b in protected[r["name"]]]
+                r["changed"] = True
+        return results, {run.vm["name"]: run.boot_watch for run in runs if run.boot_watch is not None}
 
-    def _protect(self, plans: dict, results: list[dict]) -> None:
-        """chmod a-w each base an overlay of a VM that did not fail stands on, once, after the whole batch.
+    def _protect(self, plans: dict) -> dict[str, list[str]]:
+        """chmod a-w every base the planned overlays stand on, once, before any VM is defined or started.
 
-        The change is reported by the first such VM in the list's order, in check mode as in a real run (VMs
-        made concurrently would otherwise each see the base writable in check mode, only one in a real run).
+        A VM never runs on an overlay whose base is still writable (a VM that then fails leaves its base
+        read-only, as kvm_clone does). Returns, per VM, the bases it reports: the first VM in the list's order
+        standing on each base, in check mode as in a real run.
         """
         done: set = set()
-        for r in results:
-            if r.get("failed"):
-                continue
-            disks = [d for d in plans[r["name"]]["disks"] if d["mode"] != "overlay" or d["source"] not in done]
-            done.update(d["source"] for d in disks if d["mode"] == "overlay")
-            for base in files.protect(disks, self.check_mode):
-                r["changes"].append(f"protect base {base} (read-only: overlays stand on it)")
-                r["changed"] = True
+        out: dict[str, list[str]] = {}
+        for vm in self.vms:
+            disks = [d for d in plans[vm["name"]]["disks"] if d["mode"] == "overlay" and d["source"] not in done]
+            done.update(d["source"] for d in disks)
+            changed = files.protect(disks, self.check_mode)
+            if changed:
+                out[vm["name"]] = changed
+        return out
 
     def run(self) -> dict:
         if self.check_mode:
-            results = self._act()
+            results, watches = self._act()
         else:
             with HostLock(self.lock_path, self.lock_timeout, self.clock):
-                results = self._act()
+                results, watches = self._act()
+        # the boots (boot_marker) are waited for together, without the lock: other tasks may plan meanwhile
+        late = wait_all(watches, self.clock)
+        for r in results:
+            if r["name"] in late:
+                error = late[r["name"]]
+                if self.p["vms"] is None:
+                    raise error
+                r.update(failed=True, msg=error.message, error=type(error).__name__)
         if self.p["vms"] is None:
             out = results[0]
             out.pop("name")
