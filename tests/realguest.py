@@ -175,3 +175,20 @@ def class_vars(blocks: dict[str, str]) -> dict[str, object]:
             for play in yaml.safe_load(body):
                 out.update(play.get("vars") or {})
     return out
+
+
+class Steps:
+    """The ordered steps of a module-scoped real-guest flow: those done, the facts found, seconds per step."""
+
+    def __init__(self) -> None:
+        self.done: list[str] = []
+        self.facts: dict = {}
+        self.times: dict[str, float] = {}
+
+    def need(self, *steps: str) -> None:
+        """Skip the calling test, naming them, unless every step given completed."""
+        import pytest
+
+        missing = [s for s in steps if s not in self.done]
+        if missing:
+            pytest.skip(f"needs step(s) {missing}, which did not complete")

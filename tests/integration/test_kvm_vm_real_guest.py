@@ -24,11 +24,9 @@ Timings are printed at the end (``-s`` shows them).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -46,23 +44,16 @@ NOTE = "/etc/kvm-vm-note"
 MARKER = r"Cloud-init v\. \S+ finished at"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def said(result: dict) -> str:
     shown = {k: v for k, v in result.items() if k not in ("diff", "_stderr")}
     return json.dumps(shown, indent=1, default=str)[-8000:] + f"\n--- stderr\n{result.get('_stderr', '')[-3000:]}"
 
 
-class Lab:
+class Lab(realguest.Steps):
     """The NetHost, the VM's names and paths, the steps done and their timings."""
 
     def __init__(self, nh: nethost.NetHost, guest: dict) -> None:
+        super().__init__()
         self.nh, self.guest = nh, guest
         self.name = f"{nh.name}-vm"
         self.network = f"{nh.name}-net"
@@ -72,16 +63,8 @@ class Lab:
         self.disk = nh.images / f"{self.name}-vda.qcow2"
         self.seed = nh.images / f"{self.name}-cidata.iso"  # beside the first disk made
         self.console = nh.images / f"{self.name}-console.log"
-        self.image_sha = sha256(self.image)
+        self.image_sha = guestlib.sha256(self.image)
         self.note = f"made by kvm_vm for {self.name}"
-        self.done: list[str] = []
-        self.facts: dict = {}
-        self.times: dict[str, float] = {}
-
-    def need(self, *steps: str) -> None:
-        missing = [s for s in steps if s not in self.done]
-        if missing:
-            pytest.skip(f"needs step(s) {missing}, which did not complete")
 
     def args(self, **extra) -> dict:
         """kvm_vm's options for the VM; the paths are the NetHost's images, the same inside and out."""
@@ -254,6 +237,6 @@ def test_3_absent_removes_the_vm_and_its_files_and_leaves_the_image(lab):
     assert not lab.disk.exists() and not lab.seed.exists()
     left = sorted(p.name for p in lab.nh.images.iterdir() if not p.name.endswith(".log"))
     assert left == ["debian12.qcow2", "initrd.img", "vmlinuz"], left
-    assert sha256(lab.image) == lab.image_sha, "the image changed under the VM"
+    assert guestlib.sha256(lab.image) == lab.image_sha, "the image changed under the VM"
     lab.facts["image mode after absent"] = oct(lab.image.stat().st_mode & 0o777)
     print(f"\nkvm_vm real guest facts: {lab.facts}")

@@ -85,23 +85,16 @@ def said(proc: subprocess.CompletedProcess) -> str:
     return f"rc={proc.returncode}\n--- stdout\n{proc.stdout[-12000:]}\n--- stderr\n{proc.stderr[-4000:]}"
 
 
-class Lab:
+class Lab(realguest.Steps):
     """The shared state of the flow: the NetHost, names, paths, what each step found, and timings."""
 
     def __init__(self, nh: nethost.NetHost, guest: dict, tmp: Path) -> None:
+        super().__init__()
         self.nh, self.guest, self.tmp = nh, guest, tmp
         self.template = f"{nh.name}-tpl"
         self.network = f"{nh.name}-lab"
         self.clones = [f"{nh.name}-c1", f"{nh.name}-c2", f"{nh.name}-c3"]  # c3: no seed
         self.blocks = realguest.class_blocks()
-        self.done: list[str] = []
-        self.facts: dict = {}
-        self.times: dict[str, float] = {}
-
-    def need(self, *steps: str) -> None:
-        missing = [s for s in steps if s not in self.done]
-        if missing:
-            pytest.skip(f"needs step(s) {missing}, which did not complete")
 
     def extra_vars(self) -> dict:
         """The page's variables, every one whose default is a plain value set here (``-e``), so none points away."""
