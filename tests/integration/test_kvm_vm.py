@@ -19,6 +19,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from tests import guestlib
 from tests.harness import assert_four_ways, four_ways, run_module
@@ -386,3 +387,41 @@ def test_7_define_start_delete_like_community_libvirt(conn, guest, prefix, scrat
     assert r[1]["removed_files"] == [str(disk)]
     assert my_domains(conn, prefix) == []
     assert not disk.exists()  # virt_undefine: "Assert file does not exist"
+
+
+def test_8_a_kvm_vm_vm_is_a_template_and_takes_external_snapshots(conn, guest, prefix, scratch):
+    """After an external kvm_snapshot a rerun keeps the VM on its top layer, never the frozen file; kvm_clone
+    clones the VM like any template (at the snapshot), and kvm_vm then refuses to delete the disk the clone
+    stands on."""
+    image = private_image(guest, scratch)
+    name, vda = f"{prefix}-src", scratch / "src-vda.qcow2"
+    args = dict(name=name, memory=128, disks=[dict(image=str(image), path=str(vda))], boot=kernel_boot(guest))
+    args.update(console_log=str(scratch / "src-console.log"))
+    four(args)
+
+    # an external snapshot: the VM now writes to a layer above vda; a rerun changes nothing (never back onto vda)
+    snap = run_module("kvm_snapshot", dict(domain=name, name="s1", kind="external"))
+    assert not snap.get("failed"), snap.get("msg")
+    dom = conn.lookupByName(name)
+    top = dx.disks(dx.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))[0]["path"]
+    assert top != str(vda)
+    for check in (True, False):
+        again = run_module(MOD, args, check=check)
+        assert not again.get("failed") and again["changed"] is False, again
+    assert dx.disks(dx.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))[0]["path"] == top
+
+    # the VM as kvm_clone's template (its disk as snapshot s1 froze it: kvm_clone never clones a live layer)
+    clone = f"{prefix}-cl"
+    cargs = dict(template=name, template_snapshot="s1", name=clone, dest_dir=str(scratch), domain_type="qemu")
+    made = run_module("kvm_clone", cargs)
+    assert not made.get("failed"), made.get("msg")
+    cdisk = made["clones"][0]["disks"][0]["path"]
+    assert str(vda) in [c["path"] for c in st.backing_chain(cdisk)]
+    # absent must not delete a file the clone stands on: refused, nothing changed
+    for check in (True, False):
+        r = run_module(MOD, dict(name=name, state="absent"), check=check)
+        assert r.get("failed") and "nothing was changed" in r["msg"], r
+    assert my_domains(conn, prefix) == sorted([name, clone]) and vda.exists()
+    image_sum = guestlib.sha256(image)
+    assert run_module("kvm_clone", dict(name=clone, state="absent"))["changed"] is True
+    assert guestlib.sha256(image) == image_sum

@@ -238,14 +238,15 @@ def test_dropped_files_stay_recorded_until_deleted(tconn, tmp_path, pool):
     run at the same path (not made again), deleted by remove_detached or by state=absent, never left orphaned."""
     base = img(tmp_path / "cloud.qcow2")
     seed, vdb = str(tmp_path / "ut-dr-cidata.iso"), str(tmp_path / "ut-dr-vdb.qcow2")
-    full = dict(name="ut-dr", disks=[dict(image=base), dict(size="16M")], pool=pool, cloud_init={})
+    common, two = dict(name="ut-dr", pool=pool), [dict(image=base), dict(size="16M")]
+    full = dict(common, disks=two, cloud_init={})
     run(tconn, tmp_path, **full)
     assert os.path.exists(seed) and os.path.exists(vdb)
-    bare = dict(full, disks=[dict(image=base)], cloud_init=None)
+    bare = dict(common, disks=[dict(image=base)], cloud_init=None)
     assert not any(c.startswith("delete") for c in run(tconn, tmp_path, **bare)["changes"])
     recorded = {c["path"] for c in dx.provenance(dx.parse(tconn.lookupByName("ut-dr").XMLDesc(2)))["created_disks"]}
     assert {seed, vdb} <= recorded and os.path.exists(seed) and os.path.exists(vdb)
-    back = run(tconn, tmp_path, **dict(bare, disks=full["disks"]))
+    back = run(tconn, tmp_path, **dict(common, disks=two, cloud_init=None))
     assert not any(c.startswith("create disk vdb") for c in back["changes"]), back["changes"]
     run(tconn, tmp_path, **bare)
     gone = run(tconn, tmp_path, state="absent", name="ut-dr", pool=pool)
