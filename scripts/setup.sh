@@ -19,6 +19,7 @@ packages=(
   libvirt-dev pkg-config gcc python3-dev python3-venv git
   debootstrap e2fsprogs  # scripts/build-debian-guest.py: the real Debian 12 test guest (mkfs.ext4 -d)
   osinfo-db  # kvm_vm's os_variant defaults (libguestfs pulls it in too; named because the code reads it)
+  ovmf  # UEFI firmware: the kvm_vm tests boot firmware: uefi and uefi-secure guests
 )
 # supermin (libguestfs's appliance builder) needs a host kernel under /boot.
 compgen -G '/boot/vmlinuz-*' >/dev/null || packages+=(linux-image-amd64)

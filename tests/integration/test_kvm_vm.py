@@ -425,3 +425,40 @@ def test_8_a_kvm_vm_vm_is_a_template_and_takes_external_snapshots(conn, guest, p
     image_sum = guestlib.sha256(image)
     assert run_module("kvm_clone", dict(name=clone, state="absent"))["changed"] is True
     assert guestlib.sha256(image) == image_sum
+
+
+@pytest.mark.parametrize("firmware", ["uefi", "uefi-secure"])
+def test_9_uefi_boots_with_an_nvram_of_its_own_removed_with_the_vm(conn, guest, prefix, scratch, firmware):
+    """UEFI by libvirt's firmware auto-selection (OVMF, installed by scripts/setup.sh): the VM boots (the kernel
+    through the firmware), gets its own NVRAM file, and absent removes it with the VM."""
+    image = private_image(guest, scratch)
+    name = f"{prefix}-fw"
+    args = dict(name=name, memory=256, firmware=firmware, boot=kernel_boot(guest), state="running")
+    args.update(disks=[dict(image=str(image), path=str(scratch / "fw-vda.qcow2"))], boot_marker=guest["marker"])
+    args.update(console_log=str(scratch / "fw-console.log"), boot_timeout=240)
+    four(args)
+    dom = conn.lookupByName(name)
+    assert dx.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).find("os").get("firmware") == "efi"
+    root = dx.parse(dom.XMLDesc(0))  # the running VM: the firmware libvirt chose, spelled out
+    assert "OVMF" in root.findtext("os/loader")
+    nvram = root.findtext("os/nvram")
+    assert nvram and os.path.exists(nvram), "each UEFI VM has an NVRAM file of its own"
+    if firmware == "uefi-secure":
+        assert root.find("os/loader").get("secure") == "yes" and "q35" in root.find("os/type").get("machine")
+    gone = run_module(MOD, dict(name=name, state="absent"))
+    assert not gone.get("failed"), gone.get("msg")
+    assert not os.path.exists(nvram) and my_domains(conn, prefix) == []
+
+
+def test_10_a_new_vm_that_fails_to_start_is_rolled_back(conn, guest, prefix, scratch):
+    """A start libvirt refuses (an unknown CPU model) leaves no domain and no file made; the image stays."""
+    image = private_image(guest, scratch)
+    name, vda = f"{prefix}-bad", scratch / "bad-vda.qcow2"
+    args = dict(name=name, memory=128, cpu="NoSuchCpuModel", boot=kernel_boot(guest), state="running")
+    args.update(disks=[dict(image=str(image), path=str(vda))], cloud_init={}, console_log=str(scratch / "bad.log"))
+    before = guestlib.sha256(image)
+    r = run_module(MOD, args)
+    assert r.get("failed") and "NoSuchCpuModel" in r["msg"], r
+    assert my_domains(conn, prefix) == [] and not vda.exists()
+    assert not (scratch / f"{name}-cidata.iso").exists()
+    assert guestlib.sha256(image) == before

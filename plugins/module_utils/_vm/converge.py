@@ -15,8 +15,9 @@ them, the manager has made each overlay's base read-only, once per base):
 4. the files made for it that the task no longer lists: deleted with
    ``remove_detached``, else kept and still recorded.
 
-A new VM whose files or define fail is rolled back: the files this run made
-are deleted (never an image), and the error is raised. ``state: absent``
+A new VM whose files, define or start fail is rolled back: its domain is
+undefined and the files this run made are deleted (never an image), and the
+error is raised. ``state: absent``
 removes the domain (DomainRun, NVRAM included) and the files its provenance
 says it made, refusing first if another disk or domain stands on one.
 """
@@ -108,8 +109,20 @@ class VmRun:
                 self.made.append(seed)
 
     def _rollback(self) -> list[str]:
-        """Delete what this run made (a new VM that failed); what could not be deleted."""
+        """Undo what this run made for a new VM that failed (its domain, then its files); what was left."""
         left = []
+        lv = _deps.libvirt
+        try:
+            dom = None if self.check_mode else self.m.lookup(self.vm["name"])
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                try:
+                    dom.undefineFlags(lv.VIR_DOMAIN_UNDEFINE_NVRAM | lv.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+                except lv.libvirtError:
+                    dom.undefine()
+        except lv.libvirtError:
+            left.append(f"domain {self.vm['name']}")
         for path in reversed(self.made):
             try:
                 st.unlink(path)
