@@ -222,10 +222,10 @@ def test_cloud_init_seed_made_kept_and_removed(tconn, tmp_path, pool):
 def test_cloud_init_seed_rewritten_when_the_documents_change(tconn, tmp_path, pool):
     base = img(tmp_path / "cloud.qcow2")
     seed = str(tmp_path / "ut-cr-cidata.iso")
-    params = dict(name="ut-cr", disks=[dict(image=base)], pool=pool, cloud_init=dict(user_data="#cloud-config\n"))
-    run(tconn, tmp_path, **params)
+    common = dict(name="ut-cr", disks=[dict(image=base)], pool=pool)
+    run(tconn, tmp_path, **common, cloud_init=dict(user_data="#cloud-config\n"))
     old = digest(seed)
-    changed = dict(params, cloud_init=dict(user_data="#cloud-config\nhostname: x\n"))
+    changed = dict(common, cloud_init=dict(user_data="#cloud-config\nhostname: x\n"))
     check = run(tconn, tmp_path, check=True, **changed)
     assert check["changes"] == [f"rewrite cloud-init seed: {seed}"] and digest(seed) == old
     assert run(tconn, tmp_path, **changed)["changes"] == check["changes"]
