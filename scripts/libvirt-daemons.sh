@@ -33,6 +33,12 @@ fi
 
 case $action in
   start)
+    # QEMU opens a guest's pty console (kvm_vm makes one) through /dev/ptmx. Where it points at a devpts
+    # mounted with ptmxmode=000 (seen here after a chroot's /dev was set up), only root may open it and QEMU,
+    # running as libvirt-qemu, fails "Failed to create PTY": give it back the kernel's multiplexer device.
+    if [ "$(stat -Lc %a /dev/ptmx 2>/dev/null)" = 0 ]; then
+      rm -f /dev/ptmx && mknod -m 666 /dev/ptmx c 5 2 && say "made /dev/ptmx usable for QEMU's PTYs"
+    fi
     if alive /run/virtlogd.pid; then say "virtlogd already running"; else virtlogd -d; say "started virtlogd (no init system)"; fi
     if alive /run/libvirtd.pid; then say "libvirtd already running"; else libvirtd -d; say "started libvirtd (no init system)"; fi
     # The first connection probes QEMU's capabilities (~8 s on a cold start).
