@@ -462,3 +462,19 @@ def test_10_a_new_vm_that_fails_to_start_is_rolled_back(conn, guest, prefix, scr
     assert my_domains(conn, prefix) == [] and not vda.exists()
     assert not (scratch / f"{name}-cidata.iso").exists()
     assert guestlib.sha256(image) == before
+
+
+def test_11_vnc_listens_on_loopback_only_and_autostart(conn, guest, prefix, scratch):
+    """graphics: vnc gets a port on 127.0.0.1 only (the running VM's XML says where), and autostart is set."""
+    image = private_image(guest, scratch)
+    name = f"{prefix}-vnc"
+    args = dict(name=name, memory=128, graphics="vnc", autostart=True, boot=kernel_boot(guest), state="running")
+    args.update(disks=[dict(image=str(image), path=str(scratch / "vnc-vda.qcow2"))])
+    args.update(console_log=str(scratch / "vnc.log"))
+    four(args)
+    dom = conn.lookupByName(name)
+    graphics = dx.parse(dom.XMLDesc(0)).find("devices/graphics")
+    assert graphics.get("type") == "vnc" and graphics.get("listen") == "127.0.0.1"
+    assert int(graphics.get("port")) >= 5900
+    assert [el.get("address") for el in graphics.findall("listen")] == ["127.0.0.1"]
+    assert dom.autostart() == 1

@@ -193,6 +193,7 @@ def test_2_the_guest_answers_as_its_options_say(lab):
     finally:
         conn.close()
     assert address.startswith(f"{SUBNET}."), address
+    lab.facts["address"] = address
 
     probe = "; ".join(
         [
@@ -212,6 +213,44 @@ def test_2_the_guest_answers_as_its_options_say(lab):
     assert facts["note"] == lab.note, facts
     assert int(facts["vda"]) == 3 * GIB, facts  # the overlay's size; the fs may or may not have been grown
     lab.done.append("guest")
+
+
+def _macs_in_guest(lab) -> set[str]:
+    proc = lab.ssh(lab.facts["address"], "cat /sys/class/net/*/address")
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return {line.strip().lower() for line in proc.stdout.splitlines() if line.strip()}
+
+
+def _four(lab, args: dict, what: str) -> dict:
+    """check, real, again, check again; returns the real run (asserting the house's four-way rules)."""
+    check1, real = lab.run(args, True, f"{what} check"), lab.run(args, False, what)
+    again, check2 = lab.run(args, False, f"{what} again"), lab.run(args, True, f"{what} check again")
+    for r in (check1, real, again, check2):
+        assert not r.get("failed"), said(r)
+        assert r["pending_restart"] is False, said(r)
+    assert check1["changed"] and real["changed"] and check1["changes"] == real["changes"], (check1, real)
+    assert not again["changed"] and not check2["changed"], (again, check2)
+    return real
+
+
+def test_2b_a_nic_is_hot_plugged_into_the_running_guest_and_out_again(lab):
+    """A second NIC (and autostart) on the running VM: hot-plugged, seen by the guest, unplugged; no restart."""
+    lab.need("guest")
+    mac = "52:54:00:7e:57:02"
+    base = lab.args(autostart=True)
+    conn = lab.nh.connect()
+    try:
+        dom = conn.lookupByName(lab.name)
+        dom_id = dom.ID()
+        real = _four(lab, dict(base, networks=[*base["networks"], dict(network=lab.network, mac=mac)]), "NIC in")
+        assert f"hot-plug interface {mac}" in real["changes"] and "autostart: False -> True" in real["changes"], real
+        assert dom.autostart() == 1 and dom.ID() == dom_id
+        assert mac in _macs_in_guest(lab), "the guest does not see the hot-plugged NIC"
+        real = _four(lab, base, "NIC out")
+        assert f"hot-unplug interface {mac}" in real["changes"], real
+        assert mac not in _macs_in_guest(lab) and dom.ID() == dom_id
+    finally:
+        conn.close()
 
 
 def test_3_absent_removes_the_vm_and_its_files_and_leaves_the_image(lab):
