@@ -37,7 +37,8 @@ attributes:
     support: full
     details:
       - Nothing is created, defined, started, hot-plugged or deleted, and no lock is taken; C(changed),
-        RV(changes) and the diff are those a real run would report.
+        RV(changes) and the diff are those a real run would report, except a new VM's C(<uuid>), drawn anew by
+        each run.
   diff_mode:
     support: full
     details:
