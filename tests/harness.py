@@ -101,3 +101,31 @@ def assert_four_ways(results: list[dict], first_changes: bool = True) -> None:
     assert real1["changed"] is first_changes, real1
     assert real2["changed"] is False, real2
     assert check2["changed"] is False, check2
+
+
+def plain(value):
+    """ansible-inventory's JSON without ansible-core 2.19's ``{"__ansible_unsafe": ...}`` wrappers."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def ansible_inventory(tmp_path: Path, config: dict, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``ansible-inventory -i <tmp>/lab.libvirt.yml ARGS``, run outside the repo with this checkout's collection."""
+    path = tmp_path / "lab.libvirt.yml"
+    path.write_text(json.dumps(dict(plugin="virtops.kvm.libvirt", **config)))
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    full.update(
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+        COLUMNS="1000",
+        **(env or {}),
+    )
+    argv = [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(path), *args]
+    return subprocess.run(argv, cwd=tmp_path, env=full, capture_output=True, text=True, timeout=180, check=False)

@@ -24,15 +24,15 @@ from pathlib import Path
 
 import libvirt
 import pytest
-import yaml
 
 from tests import guestlib
+from tests.harness import ansible_inventory as inventory
+from tests.harness import plain as _plain
 from tests.harness import run_module
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SSHD = "/usr/sbin/sshd"
 SSH_HOST = "127.0.0.2"
 DEAD_HOST = "127.0.0.3"
@@ -174,34 +174,6 @@ def _wait_for(check, timeout: float = 240) -> None:
     while not check():
         assert time.monotonic() < deadline, f"not true after {timeout} s: {check}"
         time.sleep(0.5)
-
-
-def _plain(value):
-    """ansible-inventory's JSON without ansible-core 2.19's ``{"__ansible_unsafe": ...}`` wrappers."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def inventory(tmp_path: Path, config: dict, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``ansible-inventory -i <tmp>/lab.libvirt.yml ARGS``, run outside the repo with this checkout's collection."""
-    path = tmp_path / "lab.libvirt.yml"
-    path.write_text(yaml.safe_dump(dict(plugin="virtops.kvm.libvirt", **config)))
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    full.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-        COLUMNS="1000",
-        **(env or {}),
-    )
-    argv = [str(BIN / "ansible-inventory"), "-i", str(path), *args]
-    return subprocess.run(argv, cwd=tmp_path, env=full, capture_output=True, text=True, timeout=180, check=False)
 
 
 def three_uris(sshd) -> list[str]:

@@ -12,6 +12,7 @@ file order; the other scenarios use ``state: present`` where a boot adds nothing
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from ansible_collections.virtops.kvm.plugins.module_utils import _disk_files as st
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from tests import guestlib
-from tests.harness import assert_four_ways, four_ways, run_module
+from tests.harness import ansible_inventory, assert_four_ways, four_ways, plain, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -465,7 +466,8 @@ def test_10_a_new_vm_that_fails_to_start_is_rolled_back(conn, guest, prefix, scr
 
 
 def test_11_vnc_listens_on_loopback_only_and_autostart(conn, guest, prefix, scratch):
-    """graphics: vnc gets a port on 127.0.0.1 only (the running VM's XML says where), and autostart is set."""
+    """graphics: vnc gets a port on 127.0.0.1 only (the running VM's XML says where), autostart is set, and the
+    inventory lists the VM with its provenance."""
     image = private_image(guest, scratch)
     name = f"{prefix}-vnc"
     args = dict(name=name, memory=128, graphics="vnc", autostart=True, boot=kernel_boot(guest), state="running")
@@ -478,3 +480,9 @@ def test_11_vnc_listens_on_loopback_only_and_autostart(conn, guest, prefix, scra
     assert int(graphics.get("port")) >= 5900
     assert [el.get("address") for el in graphics.findall("listen")] == ["127.0.0.1"]
     assert dom.autostart() == 1
+    # the inventory lists it as a host with the provenance kvm_vm recorded (mode vm), as it lists a clone
+    listed = ansible_inventory(scratch, dict(uris=["qemu:///system"]), "--host", name)
+    assert listed.returncode == 0, listed.stderr
+    prov = plain(json.loads(listed.stdout))["virtops_provenance"]
+    assert prov["mode"] == "vm" and prov["created_by"] == "virtops.kvm", prov
+    assert [c["path"] for c in prov["created_disks"]] == [str(scratch / "vnc-vda.qcow2")], prov
