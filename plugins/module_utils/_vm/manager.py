@@ -187,6 +187,9 @@ class VmManager(ScansHost, Manager):
         if self.check_mode:
             results, watches = self._act()
         else:
+            # every refusal is answered before waiting for the lock, which another task may hold for long;
+            # the plan is made again under the lock, from a scan nobody can change under it
+            self._plans(HostScan.take(self.conn))
             with HostLock(self.lock_path, self.lock_timeout, self.clock):
                 results, watches = self._act()
         # the boots (boot_marker) are waited for together, without the lock: other tasks may plan meanwhile

@@ -40,13 +40,14 @@ def masked(diff: dict) -> dict:
     return {k: re.sub(r"<uuid>[^<]*</uuid>", "<uuid/>", v) for k, v in diff.items()}
 
 
-def manager(conn, tmp_path, check=False, **params) -> VmManager:
+def manager(conn, tmp_path, check=False, lock_timeout=900, **params) -> VmManager:
     return VmManager(
         dict(uri=fakes.URI, **params),
         fakes.Held(conn),
         check,
         runner=fakes.runner,
         lock_path=str(tmp_path / "lock"),
+        lock_timeout=lock_timeout,
         osinfo_dirs=osinfo.DB_DIRS,
     )
 
@@ -252,3 +253,15 @@ def test_dropped_files_stay_recorded_until_deleted(tconn, tmp_path, pool):
     gone = run(tconn, tmp_path, state="absent", name="ut-dr", pool=pool)
     assert {seed, vdb} <= set(gone["removed_files"]) and not os.path.exists(seed) and not os.path.exists(vdb)
     assert os.path.exists(base), "the image is never deleted"
+
+
+def test_a_refusal_does_not_wait_for_the_host_lock(tconn, tmp_path):
+    """Another task holding the host lock: a VM refused by its plan (a missing image) fails at once."""
+    import fcntl
+
+    with open(tmp_path / "lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(KvmError, match="does not exist") as exc:
+            run(tconn, tmp_path, name="ut-lk", disks=[dict(image=str(tmp_path / "missing.qcow2"))], lock_timeout=1)
+        assert "lock" not in exc.value.message
+    assert "ut-lk" not in names(tconn)
