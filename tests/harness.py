@@ -45,9 +45,18 @@ def playbook_env(**extra: str) -> dict:
 
 
 def run_module(
-    name: str, args: dict, check: bool = False, diff: bool = True, env: dict | None = None, timeout: float = 900
+    name: str,
+    args: dict,
+    check: bool = False,
+    diff: bool = True,
+    env: dict | None = None,
+    timeout: float = 900,
+    host=None,
 ) -> dict:
-    """Run module ``name`` with ``args``; return its JSON result (``failed`` set on failure)."""
+    """Run module ``name`` with ``args``; return its JSON result (``failed`` set on failure).
+
+    ``host``: a ``nethost.NetHost`` (a ground hypervisor) to run it in, as Ansible would over SSH there: its
+    files, its libvirtd (``qemu:///system``), its /run."""
     payload = dict(args)
     payload["_ansible_check_mode"] = check
     payload["_ansible_diff"] = diff
@@ -56,8 +65,9 @@ def run_module(
         json.dump({"ANSIBLE_MODULE_ARGS": payload}, f)
         argfile = f.name
     try:
+        argv = [sys.executable, "-m", f"ansible_collections.virtops.kvm.plugins.modules.{name}", argfile]
         proc = subprocess.run(
-            [sys.executable, "-m", f"ansible_collections.virtops.kvm.plugins.modules.{name}", argfile],
+            host.argv(argv) if host is not None else argv,
             capture_output=True,
             text=True,
             check=False,

@@ -230,6 +230,8 @@ def provenance(root) -> dict | None:
             entry["base_fingerprint"] = dict(
                 size=int_of(c.get("base-size")), mtime=int_of(c.get("base-mtime")), digest=c.get("base-digest")
             )
+            if c.get("base-file"):  # which file on its host (device:inode); absent in older records
+                entry["base_fingerprint"]["file"] = c.get("base-file")
         created.append(entry)
     return dict(
         template=el.get("template"),
@@ -305,11 +307,15 @@ def set_provenance(root, template: str, mode: str, created_disks: list[dict]) ->
 def _fingerprint_attrs(fp: dict | None) -> dict:
     if not fp:
         return {}
-    return {"base-size": str(fp["size"]), "base-mtime": str(fp["mtime"]), "base-digest": fp["digest"]}
+    attrs = {"base-size": str(fp["size"]), "base-mtime": str(fp["mtime"]), "base-digest": fp["digest"]}
+    if fp.get("file"):
+        attrs["base-file"] = fp["file"]
+    return attrs
 
 
 def set_base_fingerprints(root, now) -> bool:
-    """Record ``now(base)`` on every recorded overlay of the clone XML ``root``; whether anything changed."""
+    """Record ``now(base)`` (a fingerprint, or None to leave it) on every recorded overlay of the clone XML
+    ``root``, ``base-file`` dropped when ``now`` gives none; whether anything changed."""
     changed = False
     for c in root.findall(f"metadata/{{{NS}}}clone/{{{NS}}}disk"):
         if c.get("mode") != "overlay" or not c.get("base"):
@@ -318,9 +324,11 @@ def set_base_fingerprints(root, now) -> bool:
         if fp is None:
             continue
         attrs = _fingerprint_attrs(fp)
-        if any(c.get(k) != v for k, v in attrs.items()):
+        if any(c.get(k) != v for k, v in attrs.items()) or ("base-file" in c.attrib and "base-file" not in attrs):
             for k, v in attrs.items():
                 c.set(k, v)
+            if "base-file" not in attrs:
+                c.attrib.pop("base-file", None)
             changed = True
     return changed
 

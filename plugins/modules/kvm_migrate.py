@@ -16,6 +16,10 @@ description:
     destination (same path, same size, and the same sampled fingerprint when kvm_clone recorded one) moves only
     its own layer; a disk without a backing file moves whole; a base that is missing or different on the
     destination refuses the run, naming the host, the path and what is missing, with nothing changed."
+  - The moved domain's provenance then records the destination's copy of each base it verified (size, sampled
+    digest and that file's own modification time), so M(virtops.kvm.kvm_domain) starts it there and
+    M(virtops.kvm.kvm_clone) adds overlays on that base there (each hypervisor's copy of a base has its own
+    modification time). The C(virtops.kvm.kvm_drain) role moves domains with this module.
   - Every file is read, made and deleted through the libvirt connections (storage pools and volume streams), so the
     task may run on the source, on the destination or elsewhere. Where no storage pool covers a disk's directory,
     a transient C(dir) pool is made for the run and destroyed at its end (which never deletes files).
@@ -197,6 +201,14 @@ disks:
       description: V(planned) (check mode), V(copied) or V(unchanged).
       type: str
       sample: copied
+    base_identity:
+      description:
+        - The destination's copy of the base as verified and recorded in the moved domain's provenance (C(size) in
+          bytes, sampled C(digest), C(mtime) in nanoseconds), or null when the disk has no such record (a disk
+          kvm_clone or kvm_vm did not make) or libvirt gave no modification time.
+      type: dict
+      returned: always
+      sample: {size: 21233664, digest: "sha256-16x64k:0c7c4b3f5e1d2a9b8c7d6e5f4a3b2c1d", mtime: 1796657430693138116}
     sha256:
       description: The sha256 of the moved file, checked on the destination (offline moves).
       type: str

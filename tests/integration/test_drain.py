@@ -21,7 +21,7 @@ import yaml
 
 from tests import ground as groundlib
 from tests import guestlib
-from tests.harness import playbook_env
+from tests.harness import playbook_env, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -90,6 +90,23 @@ def disks(ground, name: str, prefix: str) -> list[str]:
     )
 
 
+def start_again(ground, host: str, name: str, running: bool) -> None:
+    """kvm_domain (run in ``host``, as Ansible would) starts the moved domain there: each hypervisor's copy of
+    the base has its own mtime, and the move recorded the destination's. ``running``: leave it running."""
+    conn = ground[host].connect()
+    try:
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        res = run_module("kvm_domain", dict(name=name, state="running"), host=ground[host])
+        assert not res.get("failed") and res["changed"] is True, res
+        assert res["domain"]["base_drift"] == [], res
+        if not running:
+            dom.destroy()
+    finally:
+        conn.close()
+
+
 def test_drain_a_hypervisor_and_bring_it_back(ground, inventory, tmp_path):
     prefix = guestlib.new_prefix()
     a, b, c, d = (f"{prefix}-{x}" for x in "abcd")
@@ -124,12 +141,24 @@ def test_drain_a_hypervisor_and_bring_it_back(ground, inventory, tmp_path):
     marker = json.loads((ground["hv2"].root / "virtops" / "drained.json").read_text())
     assert marker == {"drained": True, "moved": {a: moved[a], b: moved[b]}}
 
+    # the moved domains start again where they are now
+    start_again(ground, moved[a], a, running=True)
+    start_again(ground, moved[b], b, running=False)
+
     # rerun: nothing to do anywhere
     assert set(run(inventory, tmp_path, "kvm_drain", drain).values()) == {0}
 
-    # a fleet placed while hv2 is drained puts nothing there
+    # a fleet placed while hv2 is drained puts nothing there; its clones are new overlays on the same base as the
+    # moved ones, on the hosts that received them
     other = guestlib.new_prefix()
-    run(inventory, tmp_path, "kvm_fleet", fleet(other, [{"name": f"{other}-{i}"} for i in range(3)]))
+    base = f"{IMAGES}/{prefix}-base.qcow2"
+    same_base = {
+        "kvm_fleet_template_xml": guestlib.domain_xml(
+            f"{other}-tpl", base, f"{IMAGES}/{other}-tpl.serial.log", memory_mib=128
+        ),
+        "kvm_fleet_base_images": [{"src": guestlib.build_guest()["base"], "dest": base}],
+    }
+    run(inventory, tmp_path, "kvm_fleet", fleet(other, [{"name": f"{other}-{i}"} for i in range(3)], **same_base))
     assert where(ground, other)["hv2"] == {}
     assert len(where(ground, other)["hv1"]) + len(where(ground, other)["hv3"]) == 3
 
@@ -142,6 +171,8 @@ def test_drain_a_hypervisor_and_bring_it_back(ground, inventory, tmp_path):
     assert sorted(disks(ground, "hv2", prefix)) == sorted([f"{a}.qcow2", f"{b}.qcow2"])
     assert not (ground["hv2"].root / "virtops" / "drained.json").exists()
     assert set(run(inventory, tmp_path, "kvm_drain", back).values()) == {0}
+    start_again(ground, "hv2", a, running=True)
+    start_again(ground, "hv2", b, running=False)
 
     for p in (prefix, other):
         names = [{"name": n} for doms in where(ground, p).values() for n in doms]

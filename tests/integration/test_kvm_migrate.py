@@ -127,6 +127,32 @@ def _sha(host, path: str) -> str:
     return guestlib.sha256(outside(host, path))
 
 
+def usable_there(c, host, boot: bool) -> None:
+    """The moved clone is usable on ``host`` (whose base copy has its own mtime): kvm_domain starts it (and, with
+    ``boot``, it boots to its marker), kvm_domain_info sees no base drift, and kvm_clone makes a new overlay on
+    that base there. Each module runs in the host, as Ansible would over SSH."""
+    conn = c.conns[host.name]
+    moved = run_module("kvm_migrate", c.args(), check=True)  # the record names the destination's copy now
+    assert moved["changed"] is False, moved
+    started = run_module("kvm_domain", dict(name=c.name, state="running"), host=host)
+    assert not started.get("failed") and started["changed"] is True, started
+    assert conn.lookupByName(c.name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    if boot:
+        guestlib.wait_for_marker(outside(host, c.serial), timeout=240)
+    info = run_module("kvm_domain_info", dict(name=c.name), host=host)
+    assert not info.get("failed") and info["domains"][0]["base_drift"] == [], info
+    tpl = f"{c.name}-tpl"
+    conn.defineXML(guestlib.domain_xml(tpl, c.base, f"{c.dir}/{tpl}.serial.log", memory_mib=128))
+    new = run_module(
+        "kvm_clone",
+        dict(template=tpl, name=f"{c.name}-new", domain_type="qemu", identity={"operations": []}),
+        host=host,
+    )
+    assert not new.get("failed") and new["changed"] is True, new
+    disk = new["clones"][0]["disks"][0]
+    assert disk["backing_file"] == c.base and outside(host, disk["path"]).exists(), new
+
+
 def test_live_migration_of_a_running_overlay_clone(ground, conns):
     c = Clone(ground, conns, guestlib.new_prefix(), data_mib=8)
     hv1, hv2 = ground["hv1"], ground["hv2"]
@@ -175,6 +201,17 @@ def test_live_migration_of_a_running_overlay_clone(ground, conns):
         assert again["changed"] is False and again["mode"] == "none" and not again.get("failed"), again
         again_check = run_module("kvm_migrate", c.args(), check=True)
         assert again_check["changed"] is False and not again_check.get("failed"), again_check
+
+        # the base's copy on hv2 was made apart from hv1's (its own mtime); the domain records hv2's now
+        identity = res["disks"][0]["base_identity"]
+        assert identity == dict(
+            size=outside(hv2, c.base).stat().st_size,
+            mtime=outside(hv2, c.base).stat().st_mtime_ns,
+            digest=_drift.fingerprint(str(outside(hv2, c.base)))["digest"],
+        )
+        assert identity["mtime"] != outside(hv1, c.base).stat().st_mtime_ns
+        conns["hv2"].lookupByName(c.name).destroy()
+        usable_there(c, hv2, boot=False)
     finally:
         for conn in conns.values():
             guestlib.cleanup_domains(conn, c.name)
@@ -205,6 +242,8 @@ def test_offline_move_of_a_shut_off_clone(ground, conns):
         assert json.loads(info.stdout)["backing-filename"] == c.base  # still an overlay of the base, same path
         again = run_module("kvm_migrate", c.args())
         assert again["changed"] is False and again["mode"] == "none", again
+        assert disk["base_identity"]["mtime"] == outside(hv2, c.base).stat().st_mtime_ns
+        usable_there(c, hv2, boot=True)  # boots from the moved overlay on hv2's base
     finally:
         for conn in conns.values():
             guestlib.cleanup_domains(conn, c.name)
@@ -292,3 +331,60 @@ def test_destination_dies_mid_migration(ground, conns):
     finally:
         for conn in conns.values():
             guestlib.cleanup_domains(conn, c.name)
+
+
+def test_a_kvm_vm_vm_moves_and_is_managed_on_its_new_host(ground, conns):
+    """A VM made by kvm_vm (an overlay on an image, no hand-written XML) moves offline like a clone, and kvm_vm
+    manages it on its new host: a rerun there changes nothing, it starts there, and absent removes what kvm_vm
+    made for it and never the image."""
+    prefix = guestlib.new_prefix()
+    hv1, hv2 = ground["hv1"], ground["hv2"]
+    folder, name = f"{IMAGES}/{prefix}", f"{prefix}-vm"
+    image, vda = f"{folder}/image.qcow2", f"{folder}/{name}-vda.qcow2"
+    for host in ground.hosts:  # each host's own copy of the image (its own mtime)
+        outside(host, folder).mkdir(mode=0o755)
+        shutil.copyfile(guestlib.build_guest()["base"], outside(host, image))
+        outside(host, image).chmod(0o644)
+    args = dict(
+        name=name,
+        memory=128,
+        vcpus=1,
+        disks=[dict(image=image, path=vda)],
+        console_log=f"{folder}/{name}-console.log",
+        state="present",
+    )
+    try:
+        made = run_module("kvm_vm", args, host=hv1)
+        assert made["changed"] is True and not made.get("failed"), made
+        image_sha = _sha(hv2, image)
+        move = dict(name=name, uri=hv1.uri, dest_uri=hv2.uri, migrate_uri=MIGRATE_URI)
+        res = run_module("kvm_migrate", move)
+        assert res["changed"] is True and not res.get("failed") and res["mode"] == "offline", res
+        (disk,) = res["disks"]
+        assert disk["action"] == "top" and disk["result"] == "copied" and disk["base"] == image, disk
+        assert disk["base_identity"]["mtime"] == outside(hv2, image).stat().st_mtime_ns
+        assert res["removed_files"] == [vda] and not outside(hv1, vda).exists() and outside(hv2, vda).exists()
+
+        # kvm_migrate works through libvirt and leaves file modes alone: hv2's copy of the image was writable,
+        # and kvm_vm protects it as the base it now is there; then nothing is left to do
+        again = run_module("kvm_vm", args, host=hv2)
+        assert again["changes"] == [f"protect base {image} (read-only: overlays stand on it)"], again
+        assert outside(hv2, image).stat().st_mode & 0o222 == 0
+        again = run_module("kvm_vm", args, host=hv2)
+        assert again["changed"] is False and not again.get("failed"), again
+        running = run_module("kvm_vm", dict(args, state="running"), host=hv2)
+        assert running["changed"] is True and not running.get("failed"), running
+        assert conns["hv2"].lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        info = run_module("kvm_domain_info", dict(name=name), host=hv2)
+        assert info["domains"][0]["base_drift"] == [] and info["domains"][0]["provenance"]["mode"] == "vm", info
+
+        # started without waiting for its boot, the guest may not take an ACPI power button yet: off first
+        off = run_module("kvm_vm", dict(args, state="destroyed"), host=hv2)
+        assert not off.get("failed") and off["changed"] is True, off
+        gone = run_module("kvm_vm", dict(args, state="absent"), host=hv2)
+        assert not gone.get("failed") and gone["changed"] is True, gone
+        assert not outside(hv2, vda).exists() and _sha(hv2, image) == image_sha
+        assert name not in [d.name() for c in conns.values() for d in c.listAllDomains()]
+    finally:
+        for conn in conns.values():
+            guestlib.cleanup_domains(conn, name)

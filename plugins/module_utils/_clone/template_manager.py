@@ -93,7 +93,8 @@ class TemplateManager(Manager):
         report = self._seal(disks, ops)
         new = dict(at=self._now(), done=report["done"], skipped=report["skipped"], disks=[])
         protected = _protect(paths)
-        new["disks"] = [dict(path=p, **fingerprint(p)) for p in paths]
+        # the seal holds on this very file: size, mtime and digest, no file id (any other file is unsealed)
+        new["disks"] = [{k: v for k, v in dict(path=p, **fingerprint(p)).items() if k != "file"} for p in paths]
         self._record(found.dom, new)
         out = self._result(True, name, new, paths, before, view(new, []), header)
         out.update(details=report["details"], protected=protected)

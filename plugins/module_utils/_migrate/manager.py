@@ -13,6 +13,11 @@ is missing or different on the destination, then act:
   checked, the inactive XML (with its provenance) is defined on the
   destination, then the domain is undefined on the source.
 
+Either way the provenance then records the destination's copy of each base
+(size, digest and that file's mtime, verified by the plan) instead of the
+source's, so kvm_domain starts the moved domain there and kvm_clone adds
+overlays on that base (see _drift).
+
 A failure before the switch-over leaves the domain where it was and removes
 what this run made on the destination. After it, the source's disk files that
 the collection made for the domain (kvm_clone's provenance) are deleted; never
@@ -21,6 +26,8 @@ a base, never a file without that record.
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 from ansible_collections.virtops.kvm.plugins.module_utils import _deps
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
@@ -28,6 +35,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
     libvirt_failed,
     refuse_hostless,
 )
+from ansible_collections.virtops.kvm.plugins.module_utils._drift import save_record
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
     DomainNotFound,
@@ -141,7 +149,7 @@ class MigrateManager(Manager):
                 True, name, mode, disks, removed=plan_mod.removable(prov, disks, self._in_use(name, disks))
             )
         if mode == "live":
-            transfer = self._live(sdom, dest.conn, disks)
+            transfer = self._live(sdom, dest.conn, root, disks)
         else:
             transfer = self._offline(sdom, dest.conn, root, disks)
         removed = []
@@ -174,7 +182,23 @@ class MigrateManager(Manager):
         return HostScan.take(self.conn).held(moved, but=name)
 
     # ------------------------------------------------------------------ live
-    def _live(self, sdom, dconn, disks: list) -> dict:
+    def _record_bases_live(self, new, root, disks: list) -> None:
+        """The migrated domain records the destination's bases (offline, the defined XML already does)."""
+        root = deepcopy(root)
+        if not plan_mod.record_bases(root, disks):
+            return
+        try:
+            save_record(new, root)
+        except _deps.libvirt.libvirtError as exc:
+            for d in disks:
+                d["base_identity"] = None
+            self.warn(
+                f"Domain {new.name()} now runs on {self.dest_uri}, but its record of its base could not be updated "
+                f"there ({exc.get_error_message()}): kvm_domain will refuse to start it again there until a run with "
+                "accept_base_change: true records the base."
+            )
+
+    def _live(self, sdom, dconn, root, disks: list) -> dict:
         made = []
         copies = [d for d in disks if d["action"] in ("top", "whole")]
         try:
@@ -189,7 +213,7 @@ class MigrateManager(Manager):
             flags, params = live_mod.flags_and_params(
                 [d["target"] for d in copies], self.p["migrate_uri"], self.p["bandwidth"]
             )
-            _new, transfer = live_mod.migrate(
+            new, transfer = live_mod.migrate(
                 sdom, dconn, flags, params, self.p["timeout"], self._dest.alive, clock=self.clock
             )
         except KvmError as exc:
@@ -200,6 +224,7 @@ class MigrateManager(Manager):
             raise
         for d in disks:
             d["result"] = "copied" if d in copies else "unchanged"
+        self._record_bases_live(new, root, disks)
         # A disk mirror that ends between two samples of the job is missing from its counters: what
         # arrived on the destination (the copied files' allocation there) is the disks' true count.
         arrived = sum((self.dst_files.facts(path) or {}).get("allocation") or 0 for path in made)
@@ -234,6 +259,8 @@ class MigrateManager(Manager):
                 )
                 total += moved["bytes"]
                 d.update(result="copied", sha256=moved["sha256"], bytes=moved["bytes"])
+            root = deepcopy(root)
+            plan_mod.record_bases(root, disks)
             xml = dx.tostring(root)
             try:
                 defined = dconn.defineXML(xml)

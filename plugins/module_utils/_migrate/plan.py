@@ -32,32 +32,38 @@ def _recorded(prov: dict | None, path: str) -> dict | None:
     return None
 
 
-def _base_problems(src, dst, disk: dict, facts: dict, record: dict | None) -> list[str]:
+def _base_problems(src, dst, disk: dict, facts: dict, record: dict | None) -> tuple[list[str], dict | None]:
+    """(problems, the destination's base identity to record in the moved domain's provenance or None)."""
     base = facts["backing"]
     here = src.facts(base)
     there = dst.facts(base)
     if there is None:
-        return [f"the base {base} of {disk['path']} is missing on {dst.uri} (put the same file at the same path there)"]
-    out = []
+        return [
+            f"the base {base} of {disk['path']} is missing on {dst.uri} (put the same file at the same path there)"
+        ], None
     if here is not None and here["physical"] != there["physical"]:
-        out.append(
+        return [
             f"the base {base} of {disk['path']} is {there['physical']} bytes on {dst.uri}, "
             f"{here['physical']} bytes on {src.uri}: not the same file"
-        )
-        return out
+        ], None
     recorded = (record or {}).get("base_fingerprint")
-    if recorded and (record or {}).get("base") == base:
-        if recorded.get("size") != there["physical"]:
-            out.append(
-                f"the base {base} of {disk['path']} is {there['physical']} bytes on {dst.uri}, but the overlay was "
-                f"made on a base of {recorded.get('size')} bytes"
-            )
-        elif dst.fingerprint_digest(base, there["physical"]) != recorded.get("digest"):
-            out.append(
-                f"the base {base} of {disk['path']} on {dst.uri} has other content than the base the overlay was "
-                "made on (its sampled fingerprint differs)"
-            )
-    return out
+    if not recorded or (record or {}).get("base") != base:
+        return [], None
+    if recorded.get("size") != there["physical"]:
+        return [
+            f"the base {base} of {disk['path']} is {there['physical']} bytes on {dst.uri}, but the overlay was "
+            f"made on a base of {recorded.get('size')} bytes"
+        ], None
+    digest = dst.fingerprint_digest(base, there["physical"])
+    if digest != recorded.get("digest"):
+        return [
+            f"the base {base} of {disk['path']} on {dst.uri} has other content than the base the overlay was "
+            "made on (its sampled fingerprint differs)"
+        ], None
+    if there.get("mtime") is None:  # no timestamp from libvirt: the record stays as it is
+        return [], None
+    # verified: the destination's own copy is what the moved domain records (its mtime is that file's)
+    return [], dict(size=there["physical"], mtime=there["mtime"], digest=digest)
 
 
 def plan_disks(root, storage: str, src, dst) -> tuple[list[dict], list[str]]:
@@ -65,7 +71,9 @@ def plan_disks(root, storage: str, src, dst) -> tuple[list[dict], list[str]]:
     prov = dx.provenance(root)
     disks, problems = [], []
     for disk in dx.disks(root):
-        entry = dict(target=disk["target"], path=disk["path"], format=disk["format"], base=None, bytes=0)
+        entry = dict(
+            target=disk["target"], path=disk["path"], format=disk["format"], base=None, bytes=0, base_identity=None
+        )
         disks.append(entry)
         if not disk["path"]:
             entry.update(action="none", reason="no medium")
@@ -101,10 +109,20 @@ def plan_disks(root, storage: str, src, dst) -> tuple[list[dict], list[str]]:
             )
         if facts["backing"]:
             entry.update(action="top", base=facts["backing"], reason="overlay: only its own layer moves")
-            problems.extend(_base_problems(src, dst, disk, facts, _recorded(prov, disk["path"])))
+            found, identity = _base_problems(src, dst, disk, facts, _recorded(prov, disk["path"]))
+            problems.extend(found)
+            entry["base_identity"] = identity
         else:
             entry.update(action="whole", reason="no backing file: all of it moves")
     return disks, problems
+
+
+def record_bases(root, disks: list[dict]) -> bool:
+    """Put each verified destination base identity into the provenance of domain XML ``root``; whether any."""
+    identities = {d["base"]: d["base_identity"] for d in disks if d.get("base_identity")}
+    if not identities:
+        return False
+    return dx.set_base_fingerprints(root, identities.get)
 
 
 def refusal(name: str, dst_uri: str, problems: list[str]) -> StorageError:

@@ -31,8 +31,17 @@ def _int(root, path: str) -> int | None:
     return int(el.text) if el is not None and el.text and el.text.strip().isdigit() else None
 
 
+def _ns(text: str | None) -> int | None:
+    """A volume XML timestamp (``SECONDS[.NANOSECONDS]``) in nanoseconds, as ``os.stat``'s ``st_mtime_ns``."""
+    sec, _, frac = (text or "").strip().partition(".")
+    if not sec.isdigit() or (frac and not frac.isdigit()):
+        return None
+    return int(sec) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
+
+
 def vol_facts(xml: str) -> dict:
-    """path, format, capacity, allocation, physical (file size), backing and its format, from volume XML."""
+    """path, format, capacity, allocation, physical (file size), mtime (ns), backing and its format, from volume
+    XML."""
     root = _deps.etree.fromstring(xml.encode())
     fmt = root.find("target/format")
     bfmt = root.find("backingStore/format")
@@ -42,6 +51,7 @@ def vol_facts(xml: str) -> dict:
         capacity=_int(root, "capacity"),
         allocation=_int(root, "allocation"),
         physical=_int(root, "physical") or _int(root, "capacity"),
+        mtime=_ns(root.findtext("target/timestamps/mtime")),
         backing=root.findtext("backingStore/path") or None,
         backing_format=bfmt.get("type") if bfmt is not None else None,
     )

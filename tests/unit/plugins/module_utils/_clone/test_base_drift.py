@@ -70,6 +70,37 @@ def test_the_fingerprint_sees_size_content_and_mtime_and_reads_little(tmp_path):
     assert _drift.changes(first, None) == ["the file is gone"]
 
 
+def test_mtime_counts_only_on_the_recorded_file(tmp_path):
+    """A copy of the base at the same path (another host's, a restored backup) is checked by size and digest;
+    on the recorded file another mtime is drift, and an equal size and mtime is taken without reading."""
+    path = tmp_path / "base.img"
+    path.write_bytes(b"b" * 300_000)
+    first = _drift.fingerprint(str(path))
+    assert first["file"] == _drift.file_id(os.stat(path))
+    later = first["mtime"] + 10**9
+    os.utime(path, ns=(later, later))
+    assert _drift.changes(first, _drift.fingerprint(str(path))) == ["modification time"]
+    legacy = {k: v for k, v in first.items() if k != "file"}  # a record made before file ids: the same file
+    assert _drift.changes(legacy, _drift.fingerprint(str(path))) == ["modification time"]
+
+    copy = tmp_path / "copy.img"
+    copy.write_bytes(path.read_bytes())  # another file: its own inode and mtime
+    os.replace(copy, path)
+    now = _drift.fingerprint(str(path))
+    assert now["file"] != first["file"] and now["mtime"] != first["mtime"]
+    assert _drift.changes(first, now) == []
+    assert _drift.Bases().changes(first, str(path)) == []
+    write_into(path, 0, b"other")
+    assert _drift.Bases().changes(first, str(path)) == ["content"]  # the copy differs: drift all the same
+
+    # the fast path: the recorded file with its size and mtime is not read at all
+    record = _drift.fingerprint(str(path))
+    bases = _drift.Bases()
+    os.chmod(path, 0)  # unreadable (for root too, nothing is opened: only stat'ed)
+    bases.now = lambda base: pytest.fail("read the base although size and mtime were as recorded")
+    assert bases.changes(record, str(path)) == []
+
+
 def test_clone_records_its_base_then_refuses_new_overlays_on_a_changed_base(conn, base, tmp_path):
     clone(conn, tmp_path, name="ut-drift-a")
     prov = dx.provenance(dx.parse(conn.lookupByName("ut-drift-a").XMLDesc(0)))

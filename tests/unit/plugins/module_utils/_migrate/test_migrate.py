@@ -149,9 +149,15 @@ class FakeHost:
         return self.digests[path]
 
 
-def _file(physical, allocation=None, backing=None, fmt="qcow2"):
+def _file(physical, allocation=None, backing=None, fmt="qcow2", mtime=7):
     return dict(
-        path=None, format=fmt, capacity=physical, allocation=allocation or physical, physical=physical, backing=backing
+        path=None,
+        format=fmt,
+        capacity=physical,
+        allocation=allocation or physical,
+        physical=physical,
+        mtime=mtime,
+        backing=backing,
     )
 
 
@@ -178,10 +184,39 @@ def test_an_overlay_whose_base_is_on_the_destination_moves_its_top_layer():
     src, dst = _hosts(digests={BASE: DIGEST})
     disks, problems = planlib.plan_disks(_domain(), "auto", src, dst)
     assert problems == []
+    # the destination's copy, verified, is what the moved domain will record (its own mtime, 7; not 1)
+    identity = dict(size=1000, mtime=7, digest=DIGEST)
     assert disks == [
-        dict(target="vda", path=TOP, format="qcow2", base=BASE, bytes=64, action="top", reason=disks[0]["reason"])
+        dict(
+            target="vda",
+            path=TOP,
+            format="qcow2",
+            base=BASE,
+            bytes=64,
+            action="top",
+            reason=disks[0]["reason"],
+            base_identity=identity,
+        )
     ]
     assert dst.read == [BASE]  # the recorded fingerprint was checked on the destination
+    root = _domain()
+    root.find(f"metadata/{{{dx.NS}}}clone/{{{dx.NS}}}disk").set("base-file", "2049:12")  # the source's file
+    assert planlib.record_bases(root, disks) is True
+    recorded = dx.provenance(root)["created_disks"][0]["base_fingerprint"]
+    assert recorded == identity  # no "file": the source's inode means nothing on the destination
+    assert planlib.record_bases(root, disks) is False  # already recorded
+
+
+def test_no_record_or_no_timestamp_leaves_the_record_as_it_is():
+    src, dst = _hosts(digests={BASE: DIGEST})
+    disks, problems = planlib.plan_disks(_domain(fingerprint=False), "auto", src, dst)
+    assert problems == [] and disks[0]["base_identity"] is None and dst.read == []
+    src, dst = _hosts(dest_files={BASE: _file(1000, mtime=None)}, digests={BASE: DIGEST})
+    disks, problems = planlib.plan_disks(_domain(), "auto", src, dst)
+    assert problems == [] and disks[0]["base_identity"] is None
+    root = _domain()
+    assert planlib.record_bases(root, disks) is False
+    assert dx.provenance(root)["created_disks"][0]["base_fingerprint"]["mtime"] == 1
 
 
 @pytest.mark.parametrize(
@@ -268,7 +303,8 @@ def test_only_recorded_moved_unused_files_are_removed():
 def test_volume_facts_read_from_volume_xml():
     xml = f"""<volume type='file'><name>c1.qcow2</name><capacity unit='bytes'>134217728</capacity>
       <allocation unit='bytes'>602112</allocation><physical unit='bytes'>655360</physical>
-      <target><path>{TOP}</path><format type='qcow2'/></target>
+      <target><path>{TOP}</path><format type='qcow2'/>
+        <timestamps><atime>1796657430.5</atime><mtime>1796657430.693138116</mtime></timestamps></target>
       <backingStore><path>{BASE}</path><format type='qcow2'/></backingStore></volume>"""
     assert vol_facts(xml) == dict(
         path=TOP,
@@ -276,9 +312,13 @@ def test_volume_facts_read_from_volume_xml():
         capacity=134217728,
         allocation=602112,
         physical=655360,
+        mtime=1796657430693138116,  # as os.stat's st_mtime_ns
         backing=BASE,
         backing_format="qcow2",
     )
+    whole = xml.replace("1796657430.693138116", "1796657430")  # a file system without nanoseconds
+    assert vol_facts(whole)["mtime"] == 1796657430 * 10**9
+    assert vol_facts(xml.replace("1796657430.693138116", "soon"))["mtime"] is None
 
 
 def test_live_flags_and_parameters():
