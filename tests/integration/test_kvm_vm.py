@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import libvirt
@@ -216,6 +217,32 @@ def test_3_blank_disk_hot_plugged_then_detached(conn, booted):
     assert not vdc.exists() and vdb.exists()
     assert not {"vdb", "vdc"} & set(disk_targets(dx.parse(dom.XMLDesc(0))))
     assert dom.ID() == dom_id
+
+
+def test_3a_a_bridge_nic_hot_plugged_then_unplugged(conn, booted):
+    """A NIC on a host bridge (``networks[].bridge``), plugged into the running VM and unplugged. The bridge is
+    made here and stays down, so no frame leaves the VM's tap."""
+    bridge = f"vtbr{booted['prefix'][3:9]}"
+    subprocess.run(["ip", "link", "add", "name", bridge, "type", "bridge"], check=True, timeout=30)
+    try:
+        dom = conn.lookupByName(booted["name"])
+        dom_id = dom.ID()
+        mac = "52:54:00:7b:0c:01"
+        results = four(dict(booted["args"], networks=[dict(bridge=bridge, mac=mac, model="virtio")]))
+        assert f"hot-plug interface {mac}" in results[1]["changes"], results[1]
+        for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
+            (nic,) = dx.parse(dom.XMLDesc(flags)).findall("devices/interface")
+            assert nic.get("type") == "bridge" and nic.find("source").get("bridge") == bridge
+            assert nic.find("mac").get("address") == mac
+        tap = dx.parse(dom.XMLDesc(0)).find("devices/interface/target").get("dev")
+        assert os.listdir(f"/sys/class/net/{bridge}/brif") == [tap]  # the VM's tap is on the bridge
+        results = four(booted["args"])
+        assert f"hot-unplug interface {mac}" in results[1]["changes"], results[1]
+        assert dx.parse(dom.XMLDesc(0)).findall("devices/interface") == []
+        assert os.listdir(f"/sys/class/net/{bridge}/brif") == []
+        assert dom.ID() == dom_id
+    finally:
+        subprocess.run(["ip", "link", "del", bridge], check=False, timeout=30)
 
 
 def test_3b_changed_cloud_init_rewrites_the_seed(conn, booted):
