@@ -551,11 +551,13 @@ def define_domain(conn, created: list, name: str, disk, running: bool):
 
 
 def guestfs_manager(conn, params, handle, check_mode=False, uri=None) -> GuestfsManager:
-    """A GuestfsManager on its own lazy connection to ``conn``'s URI (test:///default shares its state)."""
+    """A GuestfsManager on its own lazy connection to ``conn``'s URI (test:///default shares its state); ``handle``
+    is the fake appliance of every launch, or an ``Appliances`` (one per launch)."""
     connection = Connection(uri or conn.getURI())
     _OPENED.append(connection)
     p = {"state": "read", "force_tcg": "no", **params}
-    return GuestfsManager(p, connection, check_mode, runner=FakeRunner([]), handle_factory=lambda: handle)
+    factory = handle if isinstance(handle, Appliances) else (lambda: handle)  # Appliances: a new handle per launch
+    return GuestfsManager(p, connection, check_mode, runner=FakeRunner([]), handle_factory=factory)
 
 
 def close_managers(created: list) -> None:

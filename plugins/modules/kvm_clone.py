@@ -419,6 +419,15 @@ bases:
       type: list
       elements: str
       sample: [stu01, stu02]
+identity_appliances:
+  description:
+    - How many libguestfs appliances the offline identity reset of this run's new clones launches (in check mode,
+      would launch); 0 when no new clone needs one (no new clone, or O(identity.operations=[]) and no files).
+    - An appliance takes at most 255 drives, so the new clones' disks are cut into groups of at most 250, a clone
+      never split; one launch takes ~20 s under software emulation.
+  returned: always
+  type: int
+  sample: 1
 removed_files:
   description: Files deleted by O(state=absent) (disks, NVRAM and XML files the clone created); in check mode,
     the files that would be deleted.

@@ -49,9 +49,11 @@ options:
     type: str
   domains:
     description:
-      - Names of several libvirt domains to read O(paths) and O(list_dirs) from, in ONE appliance launch. The
-        disks of all of them are added to the appliance, then each domain's filesystems are mounted in turn,
-        read and unmounted. Only with O(state=read).
+      - Names of several libvirt domains to read O(paths) and O(list_dirs) from, in ONE appliance launch for up
+        to 250 disks (an appliance takes at most 255 drives; more domains are read in as few launches as that
+        allows, a domain never split, counted in RV(appliance.launches)). The disks of all of them are added to
+        the appliance, then each domain's filesystems are mounted in turn, read and unmounted. Only with
+        O(state=read).
       - Every domain must be defined (an unknown name fails the task before the launch), and none may be running
         unless O(allow_running=true).
       - O(mounts) names each guest's devices as its own (its first disk is V(/dev/sda) whatever its place in the
@@ -291,7 +293,9 @@ domains:
       dirs: {}
       inspection: null
 appliance:
-  description: How the libguestfs appliance ran. C(launches) is 1 for every O(state=read) run.
+  description:
+    - How the libguestfs appliance ran. C(launches) is 1 for every O(state=read) run, but one over O(domains) with
+      more than 250 disks in all (one launch per 250 disks).
   returned: when O(state=read)
   type: dict
   sample:

@@ -262,3 +262,21 @@ def test_read_several_domains_in_one_launch(world, conn):
     # an unknown domain fails before the launch, naming it
     r = run_module("kvm_guestfs", {"domains": [plain, f"{world['prefix']}-nope"], "paths": ["/etc/hostname"]})
     assert r.get("failed") and r["error"] == "DomainNotFound" and f"{world['prefix']}-nope" in r["msg"]
+
+
+def test_more_domains_than_one_appliance_takes(world, conn):
+    """domains: 260 shut-off domains (one disk each) are more than libguestfs's 255 drives in one appliance: they
+    are read in two launches (250 + 10 disks), each domain as its own guest, and the result says so."""
+    names = [f"{world['prefix']}-m{i:03d}" for i in range(260)]
+    for name in names:
+        disk = guestlib.make_overlay(world["base"], world["scratch"] / f"{name}.qcow2")
+        conn.defineXML(guestlib.domain_xml(name, disk, world["scratch"] / f"{name}.log", kind="disk"))
+    try:
+        r = run_module("kvm_guestfs", {"domains": names, "paths": ["/etc/hostname"], "mounts": {"/dev/sda1": "/"}})
+        assert not r.get("failed"), r.get("msg")
+        assert r["appliance"]["launches"] == 2 and r["changed"] is False
+        assert sorted(r["domains"]) == names
+        assert {d["files"]["/etc/hostname"]["content"] for d in r["domains"].values()} == {"virtops-base\n"}
+    finally:
+        for name in names:
+            conn.lookupByName(name).undefine()

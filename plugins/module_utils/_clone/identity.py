@@ -28,7 +28,10 @@ from ansible_collections.virtops.kvm.plugins.module_utils._clone.layout import f
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import Item
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError, run_operations
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput
-from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import parts_of
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import (
+    MAX_DRIVES as APPLIANCE_DRIVES,
+)
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import by_launch, parts_of
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import check_mounts
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession, runtime_message
 
@@ -156,24 +159,13 @@ def clone_plan(spec: dict, cfg: dict) -> dict | None:
     return dict(operations=list(ops), files=files, hostname=name)
 
 
-#: drives of one appliance: libguestfs's direct backend takes 255, and the appliance's own disk is one
-MAX_DRIVES = 250
+#: drives of one appliance (devices.MAX_DRIVES; a name here so that a test can lower it)
+MAX_DRIVES = APPLIANCE_DRIVES
 
 
 def chunks(items: list[Item], limit: int | None = None) -> list[list[Item]]:
     """``items`` in order, cut so that no appliance gets more than ``limit`` drives (a clone is never split)."""
-    limit = limit or MAX_DRIVES
-    out: list[list[Item]] = []
-    drives = 0
-    for item in items:
-        n = max(1, len(item.disks))
-        if out and drives + n <= limit:
-            out[-1].append(item)
-            drives += n
-        else:
-            out.append([item])
-            drives = n
-    return out
+    return by_launch(items, lambda item: len(item.disks), limit or MAX_DRIVES)
 
 
 def reset_batch(items: list[Item], cfg: dict, force_tcg: bool, handle_factory=None) -> tuple[dict, list[str]]:

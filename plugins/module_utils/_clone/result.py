@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.virtops.kvm.plugins.module_utils._clone import identity
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import CREATE, REMOVE, Item, Outcome, Plan
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
 
@@ -18,7 +19,7 @@ _DISK_KEYS = ("target", "path", "format", "backing_file", "backing_format", "mod
 
 
 def build(plan: Plan, outcomes: dict[str, Outcome], bases: list[dict], removed: list[str], kept: list[dict]) -> dict:
-    """``{changed, clones, bases, diff[, domain_type_reason, removed_files, kept_files]}``."""
+    """``{changed, clones, bases, identity_appliances, diff[, domain_type_reason, removed_files, kept_files]}``."""
     clones, before, after = [], {}, {}
     for item in plan.items:
         o = outcomes.get(item.name, Outcome(ok=True, changed=False))
@@ -30,10 +31,13 @@ def build(plan: Plan, outcomes: dict[str, Outcome], bases: list[dict], removed: 
         )
     base_changed = [b.pop("changed") for b in bases]
     changed = any(c["changed"] for c in clones) or any(base_changed)
+    resets = [i for i in plan.items if i.action == CREATE and i.identity]
     result = dict(
         changed=changed,
         clones=clones,
         bases=bases,
+        # an appliance takes at most 255 drives: the new clones' disks are cut over as few as that allows
+        identity_appliances=len(identity.chunks(resets)),
         diff=dict(before=dict(clones=before), after=dict(clones=after)),
     )
     if plan.template is not None and plan.domain_type_reason:

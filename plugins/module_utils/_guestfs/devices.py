@@ -79,6 +79,27 @@ class Part:
         return device
 
 
+#: drives of one appliance: libguestfs's direct backend takes 255, and the appliance's own disk is one
+MAX_DRIVES = 250
+
+
+def by_launch(items: list, drives_of, limit: int | None = None) -> list[list]:
+    """``items`` in order, cut so that no appliance launch gets more than ``limit`` drives (``drives_of(item)``
+    of them each; an item is never split, and one with more than ``limit`` drives gets a launch of its own)."""
+    limit = limit or MAX_DRIVES
+    out: list[list] = []
+    drives = 0
+    for item in items:
+        n = max(1, drives_of(item))
+        if out and drives + n <= limit:
+            out[-1].append(item)
+            drives += n
+        else:
+            out.append([item])
+            drives = n
+    return out
+
+
 def parts_of(groups: list[tuple[str, list]]) -> list[Part]:
     """The Part of each (name, drives) group, in the order the drives are added."""
     out, first = [], 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     Conflict,
@@ -25,7 +26,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     GuestfsError,
     InvalidInput,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import parts_of
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import by_launch, parts_of
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import (
     RUNNING_WARNING,
     backend_env,
@@ -208,10 +209,13 @@ class GuestfsManager(Manager):
         return self._read_result(result)
 
     def read_domains(self, groups: list[tuple[str, list[dict]]], mounts: dict | None) -> dict:
-        """Every domain's drives in one launch, each domain read in turn; results keyed by domain."""
-        with self.session([d for _n, drives in groups for d in drives]) as s:
-            result = read_guests(s, parts_of(groups), mounts=mounts, **self._read_options())
-        return self._read_result(result)
+        """Every domain read in turn, in one launch per ``MAX_DRIVES`` drives (a domain is never split); results
+        keyed by domain."""
+        launches = [
+            (partial(self.session, [d for _n, drives in chunk for d in drives]), parts_of(chunk))
+            for chunk in by_launch(groups, lambda group: len(group[1]))
+        ]
+        return self._read_result(read_guests(launches, mounts=mounts, **self._read_options()))
 
     def _read_options(self) -> dict:
         """The options of a read run (``Reads``), which are this module's options of the same names."""

@@ -20,7 +20,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput, StorageError
-from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import Part
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import require_absolute
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession, runtime_message
 from ansible_collections.virtops.kvm.plugins.module_utils._validate import validate_name
@@ -310,45 +309,54 @@ def read_guest(session: GuestfsSession, mounts: dict | None = None, **options) -
     return _finish(result, reads.dest, dest_changes, problems, "paths")
 
 
-def read_guests(session: GuestfsSession, parts: list[Part], mounts: dict | None = None, **options) -> dict:
-    """Several domains from one launch: each mounted in turn (``parts``), read, unmounted.
+def read_guests(launches: list, mounts: dict | None = None, **options) -> dict:
+    """Several domains, each mounted in turn, read and unmounted, over one or more appliance launches.
 
-    The result's ``domains`` maps each domain to its ``files``, ``dirs`` and
-    ``inspection``; ``mounts`` name each guest's devices as its own, and
-    ``dest`` gets one directory per domain. A domain that cannot be mounted
-    or read does not stop the others; the run fails at the end naming each
-    problem, with the full result attached.
+    ``launches``: ``(open_session, parts)`` per launch: ``open_session()`` is a
+    context manager giving the session of that launch's drives, ``parts`` the
+    domains whose drives they are (an appliance takes at most
+    ``devices.MAX_DRIVES``). The result's ``domains`` maps each domain to its
+    ``files``, ``dirs`` and ``inspection``; ``mounts`` name each guest's devices
+    as its own, and ``dest`` gets one directory per domain. A domain that
+    cannot be mounted or read does not stop the others; the run fails at the
+    end naming each problem, with the full result attached.
     """
     reads = Reads(**options)
     dest = reads.dest
     if dest is not None:
-        for part in parts:
-            validate_name(part.name, "the name of domain (a directory below dest)")
-    domains, problems, dest_changes = {}, [], []
-    with session:
-        session.launch()
-        for part in parts:
-            warn = _prefixed(session.warnings, part.name)
-            try:
-                inspection = session.mount(mounts, part, parts)
-            except GuestfsError as exc:
-                problems.append(f"{part.name}: {exc.message}")
-                domains[part.name] = dict(files={}, dirs={}, inspection=None, error=exc.message)
+        for _open, parts in launches:
+            for part in parts:
+                validate_name(part.name, "the name of domain (a directory below dest)")
+    domains, problems, dest_changes, warnings = {}, [], [], []
+    appliance, launched = {}, 0
+    for open_session, parts in launches:
+        with open_session() as session, session:
+            session.launch()
+            for part in parts:
+                warn = _prefixed(session.warnings, part.name)
+                try:
+                    inspection = session.mount(mounts, part, parts)
+                except GuestfsError as exc:
+                    problems.append(f"{part.name}: {exc.message}")
+                    domains[part.name] = dict(files={}, dirs={}, inspection=None, error=exc.message)
+                    session.unmount_all()
+                    continue
+                own_dest = os.path.join(dest, part.name) if dest is not None else None
+                files, dirs, own, written = _read_mounted(GuestReader(session.g), reads, own_dest, warn)
                 session.unmount_all()
-                continue
-            own_dest = os.path.join(dest, part.name) if dest is not None else None
-            files, dirs, own, written = _read_mounted(GuestReader(session.g), reads, own_dest, warn)
-            session.unmount_all()
-            problems.extend(f"{part.name}: {p}" for p in own)
-            dest_changes.extend(written)
-            domains[part.name] = dict(files=files, dirs=dirs, inspection=inspection)
+                problems.extend(f"{part.name}: {p}" for p in own)
+                dest_changes.extend(written)
+                domains[part.name] = dict(files=files, dirs=dirs, inspection=inspection)
+            warnings.extend(session.warnings)
+            launched += session.launches
+            appliance = _appliance(session)
     result = dict(
         changed=bool(dest_changes),
         files={},
         dirs={},
         inspection=None,
         domains=domains,
-        warnings_list=list(session.warnings),
-        appliance=_appliance(session),
+        warnings_list=warnings,
+        appliance=dict(appliance, launches=launched),
     )
     return _finish(result, dest, dest_changes, problems, "paths of the domains")

@@ -563,6 +563,7 @@ def test_a_batch_over_the_drive_limit_is_reset_in_several_appliances(conn, tpl, 
         "ut-c",
     ]
     assert [len(h.drives) for h in apps.handles] == [2, 1]
+    assert res["identity_appliances"] == 2  # the result says so
     for name in ("ut-a", "ut-b", "ut-c"):
         assert apps.root(tmp_path / f"{name}.qcow2").text("/etc/hostname") == f"{name}\n"
         assert recorded(conn, name)["done"] == list(OPERATIONS)
@@ -575,7 +576,7 @@ def test_a_run_resets_records_and_a_rerun_is_unchanged(conn, tpl, tmp_path):
     )
     res = manager(conn, tmp_path, apps, **kw).run()
     assert res["changed"] is True
-    assert len(apps.handles) == 1 and apps.handles[0].launches == 1
+    assert len(apps.handles) == 1 and apps.handles[0].launches == 1 and res["identity_appliances"] == 1
     assert apps.handles[0].drives == [
         (str(tmp_path / "ut-a.qcow2"), {"readonly": False, "format": "qcow2"}),
         (str(tmp_path / "ut-b.qcow2"), {"readonly": False, "format": "qcow2"}),
@@ -596,7 +597,7 @@ def test_a_run_resets_records_and_a_rerun_is_unchanged(conn, tpl, tmp_path):
 
     again = manager(conn, tmp_path, apps, **kw).run()
     assert again["changed"] is False
-    assert len(apps.handles) == 1
+    assert len(apps.handles) == 1 and again["identity_appliances"] == 0
     assert {c["name"]: c["identity"]["hostname"] for c in again["clones"]} == {"ut-a": "ut-a", "ut-b": "web-b"}
     assert manager(conn, tmp_path, apps, check_mode=True, **kw).run()["changed"] is False
 

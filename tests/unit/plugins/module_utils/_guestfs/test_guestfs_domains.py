@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 
 import pytest
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import DomainNotFound, GuestfsError, InvalidInput
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs import devices
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import (
     Part,
     drive_index,
@@ -42,6 +44,11 @@ def session(handle, n=3):
     return GuestfsSession(drives, handle_factory=lambda: handle)
 
 
+def one(s, parts):
+    """``read_guests``'s launches: a single one, of session ``s``."""
+    return [(lambda: contextlib.nullcontext(s), parts)]
+
+
 def hostnames(result):
     return {name: r["files"]["/etc/hostname"]["content"] for name, r in result["domains"].items()}
 
@@ -66,7 +73,7 @@ def test_a_part_names_its_guests_devices():
 
 def test_one_launch_reads_every_domain_with_its_own_mounts():
     h = many(three_clones())
-    r = read_guests(session(h), parts_of(groups()), paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
+    r = read_guests(one(session(h), parts_of(groups())), paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
     assert h.launches == 1 and r["appliance"]["launches"] == 1 and len(h.drives) == 3
     assert all(opts["readonly"] for _path, opts in h.drives)
     assert hostnames(r) == {"c0": "clone-a\n", "c1": "clone-b\n", "c2": "clone-c\n"}
@@ -80,7 +87,7 @@ def test_one_launch_reads_every_domain_with_its_own_mounts():
 def test_inspection_runs_once_and_each_guest_gets_its_own_root():
     # clones share filesystem UUIDs: libguestfs resolves every fstab to the first clone's device
     h = many(three_clones(), roots=["/dev/sda1", "/dev/sdb1", "/dev/sdc1"], mountpoints={"/": "/dev/sda1"})
-    r = read_guests(session(h), parts_of(groups()), paths=["/etc/hostname"])
+    r = read_guests(one(session(h), parts_of(groups())), paths=["/etc/hostname"])
     assert h.events.count(("inspect_os",)) == 1
     assert hostnames(r) == {"c0": "clone-a\n", "c1": "clone-b\n", "c2": "clone-c\n"}
     assert r["domains"]["c2"]["inspection"]["root"] == "/dev/sdc1"
@@ -92,7 +99,7 @@ def test_a_guest_that_cannot_be_mounted_does_not_stop_the_others():
     del content["/dev/sdb1"]
     h = many(content)
     with pytest.raises(GuestfsError) as exc:
-        read_guests(session(h), parts_of(groups()), paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
+        read_guests(one(session(h), parts_of(groups())), paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
     assert "c1: Cannot mount /dev/sdb1" in exc.value.message
     domains = exc.value.details["domains"]
     assert domains["c0"]["files"]["/etc/hostname"]["content"] == "clone-a\n"
@@ -106,8 +113,7 @@ def test_missing_paths_are_named_per_domain_and_dest_has_a_directory_per_domain(
     h = many(content)
     with pytest.raises(GuestfsError) as exc:
         read_guests(
-            session(h),
-            parts_of(groups()),
+            one(session(h), parts_of(groups())),
             paths=["/etc/hostname"],
             mounts={"/dev/sda1": "/"},
             fail_missing=True,
@@ -122,7 +128,7 @@ def test_missing_paths_are_named_per_domain_and_dest_has_a_directory_per_domain(
 def test_a_domain_name_unsafe_below_dest_is_refused_before_the_launch(tmp_path):
     h = many(three_clones())
     with pytest.raises(InvalidInput, match="below dest"):
-        read_guests(session(h, 1), [Part("..", 0, 1)], paths=["/etc/hostname"], dest=str(tmp_path))
+        read_guests(one(session(h, 1), [Part("..", 0, 1)]), paths=["/etc/hostname"], dest=str(tmp_path))
     assert h.launches == 0
 
 
@@ -151,6 +157,25 @@ def test_manager_reads_several_domains_in_one_launch(testconn, domain):
     assert [path for path, _opts in h.drives] == disks and h.launches == 1
     assert hostnames(r) == {"vt-gd-a": "a\n", "vt-gd-b": "b\n"}
     assert r["mounted"] is False and r["appliance"]["launches"] == 1
+
+
+def test_manager_cuts_domains_over_the_drive_limit_into_launches(testconn, domain, monkeypatch):
+    """An appliance takes at most 255 drives: past devices.MAX_DRIVES (here 2) the domains are read in several
+    launches, a domain never split, and the result says how many."""
+    monkeypatch.setattr(devices, "MAX_DRIVES", 2)
+    names = ["vt-gd-a", "vt-gd-b", "vt-gd-c"]
+    disks = [domain(n) for n in names]
+    apps = fakes.Appliances()
+    for name, disk in zip(names, disks):
+        fs = FS(uuid=name)
+        fs.add("/etc/hostname", f"{name}\n".encode())
+        apps.images[disk] = [fs]
+    params = dict(domains=names, paths=["/etc/hostname"], mounts={"/dev/sda1": "/"})
+    r = fakes.guestfs_manager(testconn[0], params, apps).run()
+    assert [[path for path, _opts in h.drives] for h in apps.handles] == [disks[:2], disks[2:]]
+    assert hostnames(r) == {n: f"{n}\n" for n in names}
+    assert r["appliance"]["launches"] == 2
+    assert devices.by_launch([3, 1, 1, 2], lambda n: n, limit=2) == [[3], [1, 1], [2]]  # too big alone: its own
 
 
 def test_manager_refuses_unknown_and_running_domains_before_the_launch(testconn, domain):
