@@ -51,7 +51,7 @@ options:
     description:
       - Names of several libvirt domains to read O(paths) and O(list_dirs) from, in ONE appliance launch for up
         to 250 disks (an appliance takes at most 255 drives; more domains are read in as few launches as that
-        allows, a domain never split, counted in RV(appliance.launches)). The disks of all of them are added to
+        allows, a domain never split, counted in C(launches) of RV(appliance)). The disks of all of them are added to
         the appliance, then each domain's filesystems are mounted in turn, read and unmounted. Only with
         O(state=read).
       - Every domain must be defined (an unknown name fails the task before the launch), and none may be running

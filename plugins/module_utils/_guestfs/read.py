@@ -309,6 +309,27 @@ def read_guest(session: GuestfsSession, mounts: dict | None = None, **options) -
     return _finish(result, reads.dest, dest_changes, problems, "paths")
 
 
+def _read_launch(session, parts, mounts, reads, domains: dict, problems: list, dest_changes: list) -> None:
+    """One launch of ``read_guests``: each of ``parts`` mounted in turn, read into ``domains``, unmounted."""
+    with session:
+        session.launch()
+        for part in parts:
+            warn = _prefixed(session.warnings, part.name)
+            try:
+                inspection = session.mount(mounts, part, parts)
+            except GuestfsError as exc:
+                problems.append(f"{part.name}: {exc.message}")
+                domains[part.name] = dict(files={}, dirs={}, inspection=None, error=exc.message)
+                session.unmount_all()
+                continue
+            own_dest = os.path.join(reads.dest, part.name) if reads.dest is not None else None
+            files, dirs, own, written = _read_mounted(GuestReader(session.g), reads, own_dest, warn)
+            session.unmount_all()
+            problems.extend(f"{part.name}: {p}" for p in own)
+            dest_changes.extend(written)
+            domains[part.name] = dict(files=files, dirs=dirs, inspection=inspection)
+
+
 def read_guests(launches: list, mounts: dict | None = None, **options) -> dict:
     """Several domains, each mounted in turn, read and unmounted, over one or more appliance launches.
 
@@ -330,23 +351,8 @@ def read_guests(launches: list, mounts: dict | None = None, **options) -> dict:
     domains, problems, dest_changes, warnings = {}, [], [], []
     appliance, launched = {}, 0
     for open_session, parts in launches:
-        with open_session() as session, session:
-            session.launch()
-            for part in parts:
-                warn = _prefixed(session.warnings, part.name)
-                try:
-                    inspection = session.mount(mounts, part, parts)
-                except GuestfsError as exc:
-                    problems.append(f"{part.name}: {exc.message}")
-                    domains[part.name] = dict(files={}, dirs={}, inspection=None, error=exc.message)
-                    session.unmount_all()
-                    continue
-                own_dest = os.path.join(dest, part.name) if dest is not None else None
-                files, dirs, own, written = _read_mounted(GuestReader(session.g), reads, own_dest, warn)
-                session.unmount_all()
-                problems.extend(f"{part.name}: {p}" for p in own)
-                dest_changes.extend(written)
-                domains[part.name] = dict(files=files, dirs=dirs, inspection=inspection)
+        with open_session() as session:
+            _read_launch(session, parts, mounts, reads, domains, problems, dest_changes)
             warnings.extend(session.warnings)
             launched += session.launches
             appliance = _appliance(session)

@@ -33,7 +33,7 @@ def _int(root, path: str) -> int | None:
 
 def _ns(text: str | None) -> int | None:
     """A volume XML timestamp (``SECONDS[.NANOSECONDS]``) in nanoseconds, as ``os.stat``'s ``st_mtime_ns``."""
-    sec, _, frac = (text or "").strip().partition(".")
+    sec, _dot, frac = (text or "").strip().partition(".")
     if not sec.isdigit() or (frac and not frac.isdigit()):
         return None
     return int(sec) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
