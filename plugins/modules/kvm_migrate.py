@@ -29,6 +29,9 @@ description:
     file without that record, never a file another domain of the source uses.
   - "Idempotent by where the domain is defined: only on the destination is success without change; on both is an
     error naming both URIs; on neither is an error."
+  - The cloud-init seed that M(virtops.kvm.kvm_clone) or M(virtops.kvm.kvm_vm) made for the domain (recorded in its
+    provenance) moves with it, and is removed from the source with its disks. Other read-only disks (an
+    installation ISO) must already be at the same path on the destination.
   - Snapshots, NVRAM files and managed-save images are not moved; a domain with snapshots is refused, and so is an
     offline move of a domain with an NVRAM file or a managed-save image.
 author:
@@ -176,8 +179,9 @@ disks:
       sample: /var/lib/libvirt/images/web1.qcow2
     action:
       description:
-        - V(top) (an overlay, only its own layer moves), V(whole) (all of it moves), V(shared) (nothing moves, the
-          same path is used on the destination), V(none) (an empty drive).
+        - V(top) (an overlay, only its own layer moves), V(whole) (all of it moves), V(seed) (the cloud-init seed
+          kvm_clone or kvm_vm made for the domain, a read-only CD-ROM, copied whole through a volume stream, live
+          or not), V(shared) (nothing moves, the same path is used on the destination), V(none) (an empty drive).
       type: str
       sample: top
     base:
@@ -210,9 +214,9 @@ disks:
       returned: always
       sample: {size: 21233664, digest: "sha256-16x64k:0c7c4b3f5e1d2a9b8c7d6e5f4a3b2c1d", mtime: 1796657430693138116}
     sha256:
-      description: The sha256 of the moved file, checked on the destination (offline moves).
+      description: The sha256 of the moved file, checked on the destination (offline moves, and seeds).
       type: str
-      returned: after an offline copy
+      returned: after an offline copy, and for a seed
       sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 transfer:
   description:

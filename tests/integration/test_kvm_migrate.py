@@ -57,7 +57,9 @@ def outside(host, path: str) -> Path:
 class Clone:
     """One test clone on hv1: an overlay of a base at the same path on the hosts given."""
 
-    def __init__(self, ground, conns, prefix: str, base_on=("hv1", "hv2"), memory_mib: int = 128, data_mib: int = 0):
+    def __init__(
+        self, ground, conns, prefix: str, base_on=("hv1", "hv2"), memory_mib: int = 128, data_mib: int = 0, seed=False
+    ):
         self.ground, self.conns, self.name = ground, conns, f"{prefix}-c"
         self.dir = f"{IMAGES}/{prefix}"
         self.base = f"{self.dir}/base.qcow2"
@@ -93,6 +95,17 @@ class Clone:
             root.find("devices/disk").addnext(disk)
         fp = _drift.fingerprint(str(outside(hv1, self.base)))
         created = [dict(path=self.overlay, base=self.base, mode="overlay", format="qcow2", base_fingerprint=fp)]
+        self.seed = None
+        if seed:  # a read-only CD-ROM recorded as the clone's cloud-init seed (its content does not matter here)
+            self.seed = f"{self.dir}/{self.name}-cidata.iso"
+            outside(hv1, self.seed).write_bytes(os.urandom(64 * 1024))
+            outside(hv1, self.seed).chmod(0o644)
+            cdrom = etree.fromstring(
+                f"<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{self.seed}'/>"
+                "<target dev='sdz' bus='sata'/><readonly/></disk>"
+            )
+            root.find("devices").append(cdrom)
+            created.append(dict(path=self.seed, mode="seed", format="raw"))
         dx.set_provenance(root, "tpl", "overlay", created)
         conns["hv1"].defineXML(etree.tostring(root, encoding="unicode"))
 
@@ -154,26 +167,30 @@ def usable_there(c, host, boot: bool) -> None:
 
 
 def test_live_migration_of_a_running_overlay_clone(ground, conns):
-    c = Clone(ground, conns, guestlib.new_prefix(), data_mib=8)
+    c = Clone(ground, conns, guestlib.new_prefix(), data_mib=8, seed=True)
     hv1, hv2 = ground["hv1"], ground["hv2"]
     base_sha = _sha(hv1, c.base)
+    seed_sha = _sha(hv1, c.seed)
     c.start()
     try:
         plan = run_module("kvm_migrate", c.args(), check=True)
         assert plan["changed"] is True and not plan.get("failed"), plan
         assert plan["mode"] == "live"
-        disk, data = plan["disks"]
+        disk, data, seed = plan["disks"]
         assert disk["action"] == "top" and disk["base"] == c.base and disk["result"] == "planned"
         assert 0 < disk["bytes"] < outside(hv1, c.base).stat().st_size
         assert data["path"] == c.data and data["action"] == "whole" and data["base"] is None
-        assert plan["removed_files"] == [c.overlay]
+        assert seed["path"] == c.seed and seed["action"] == "seed"
+        assert plan["removed_files"] == [c.overlay, c.seed]
         assert c.defined("hv1") and not c.defined("hv2") and not outside(hv2, c.overlay).exists()
 
         res = run_module("kvm_migrate", c.args())
         assert res["changed"] is True and not res.get("failed"), res
-        assert res["mode"] == "live" and [d["result"] for d in res["disks"]] == ["copied", "copied"]
+        assert res["mode"] == "live" and [d["result"] for d in res["disks"]] == ["copied", "copied", "copied"]
+        assert res["disks"][2]["sha256"] == seed_sha == _sha(hv2, c.seed)  # the seed moved with the clone
+        assert not outside(hv1, c.seed).exists()
         assert res["transfer"]["bytes"] > 0 and res["transfer"]["seconds"] > 0
-        assert res["removed_files"] == [c.overlay]
+        assert res["removed_files"] == [c.overlay, c.seed]
         assert res["diff"] == {"before": {"host": hv1.uri}, "after": {"host": hv2.uri}}
 
         dom = conns["hv2"].lookupByName(c.name)
@@ -334,9 +351,9 @@ def test_destination_dies_mid_migration(ground, conns):
 
 
 def test_a_kvm_vm_vm_moves_and_is_managed_on_its_new_host(ground, conns):
-    """A VM made by kvm_vm (an overlay on an image, no hand-written XML) moves offline like a clone, and kvm_vm
-    manages it on its new host: a rerun there changes nothing, it starts there, and absent removes what kvm_vm
-    made for it and never the image."""
+    """A VM made by kvm_vm (an overlay on an image and a cloud-init seed, no hand-written XML) moves offline like a
+    clone, its seed with it, and kvm_vm manages it on its new host: a rerun there changes nothing but the image's
+    protection, it starts there, and absent removes what kvm_vm made for it and never the image."""
     prefix = guestlib.new_prefix()
     hv1, hv2 = ground["hv1"], ground["hv2"]
     folder, name = f"{IMAGES}/{prefix}", f"{prefix}-vm"
@@ -350,9 +367,11 @@ def test_a_kvm_vm_vm_moves_and_is_managed_on_its_new_host(ground, conns):
         memory=128,
         vcpus=1,
         disks=[dict(image=image, path=vda)],
+        cloud_init={},  # a seed, which moves with the VM
         console_log=f"{folder}/{name}-console.log",
         state="present",
     )
+    seed = f"{folder}/{name}-cidata.iso"
     try:
         made = run_module("kvm_vm", args, host=hv1)
         assert made["changed"] is True and not made.get("failed"), made
@@ -360,10 +379,13 @@ def test_a_kvm_vm_vm_moves_and_is_managed_on_its_new_host(ground, conns):
         move = dict(name=name, uri=hv1.uri, dest_uri=hv2.uri, migrate_uri=MIGRATE_URI)
         res = run_module("kvm_migrate", move)
         assert res["changed"] is True and not res.get("failed") and res["mode"] == "offline", res
-        (disk,) = res["disks"]
+        disk, cdrom = res["disks"]
         assert disk["action"] == "top" and disk["result"] == "copied" and disk["base"] == image, disk
         assert disk["base_identity"]["mtime"] == outside(hv2, image).stat().st_mtime_ns
-        assert res["removed_files"] == [vda] and not outside(hv1, vda).exists() and outside(hv2, vda).exists()
+        assert cdrom["path"] == seed and cdrom["action"] == "seed" and cdrom["result"] == "copied", cdrom
+        assert res["removed_files"] == [vda, seed]
+        assert not outside(hv1, vda).exists() and outside(hv2, vda).exists()
+        assert not outside(hv1, seed).exists() and outside(hv2, seed).exists()
 
         # kvm_migrate works through libvirt and leaves file modes alone: hv2's copy of the image was writable,
         # and kvm_vm protects it as the base it now is there; then nothing is left to do
@@ -383,7 +405,7 @@ def test_a_kvm_vm_vm_moves_and_is_managed_on_its_new_host(ground, conns):
         assert not off.get("failed") and off["changed"] is True, off
         gone = run_module("kvm_vm", dict(args, state="absent"), host=hv2)
         assert not gone.get("failed") and gone["changed"] is True, gone
-        assert not outside(hv2, vda).exists() and _sha(hv2, image) == image_sha
+        assert not outside(hv2, vda).exists() and not outside(hv2, seed).exists() and _sha(hv2, image) == image_sha
         assert name not in [d.name() for c in conns.values() for d in c.listAllDomains()]
     finally:
         for conn in conns.values():

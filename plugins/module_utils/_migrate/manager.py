@@ -178,7 +178,7 @@ class MigrateManager(Manager):
 
     def _in_use(self, name: str, disks: list) -> set:
         """The moved disks' paths on the source that something besides domain ``name`` stands on (``HostScan.held``)."""
-        moved = [d["path"] for d in disks if d.get("action") in ("top", "whole")]
+        moved = [d["path"] for d in disks if d.get("action") in plan_mod.COPIED]
         return HostScan.take(self.conn).held(moved, but=name)
 
     # ------------------------------------------------------------------ live
@@ -210,6 +210,9 @@ class MigrateManager(Manager):
                 else:
                     self.dst_files.create(d["path"], fmt, facts["capacity"])
                 made.append(d["path"])
+            for d in disks:  # read-only: nothing writes it while the domain runs, and QEMU copies no read-only disk
+                if d["action"] == "seed":
+                    self._stream(d, made, [], lambda: 0)
             flags, params = live_mod.flags_and_params(
                 [d["target"] for d in copies], self.p["migrate_uri"], self.p["bandwidth"]
             )
@@ -223,7 +226,7 @@ class MigrateManager(Manager):
             self._undo(made, defined=None)
             raise
         for d in disks:
-            d["result"] = "copied" if d in copies else "unchanged"
+            d["result"] = "copied" if d in copies or d["action"] == "seed" else "unchanged"
         self._record_bases_live(new, root, disks)
         # A disk mirror that ends between two samples of the job is missing from its counters: what
         # arrived on the destination (the copied files' allocation there) is the disks' true count.
@@ -242,23 +245,10 @@ class MigrateManager(Manager):
         total = 0
         try:
             for d in disks:
-                if d["action"] not in ("top", "whole"):
+                if d["action"] not in plan_mod.COPIED:
                     d["result"] = "unchanged"
                     continue
-                facts = self.src_files.facts(d["path"])
-                vol = self.dst_files.create(d["path"], "raw", facts["physical"])
-                made.append(d["path"])
-                moved = copy(
-                    self.src_files,
-                    d["path"],
-                    self.dst_files,
-                    vol,
-                    facts["physical"],
-                    progress,
-                    lambda: round(self.clock.now() - started, 2),
-                )
-                total += moved["bytes"]
-                d.update(result="copied", sha256=moved["sha256"], bytes=moved["bytes"])
+                total += self._stream(d, made, progress, lambda: round(self.clock.now() - started, 2))
             root = deepcopy(root)
             plan_mod.record_bases(root, disks)
             xml = dx.tostring(root)
@@ -277,6 +267,16 @@ class MigrateManager(Manager):
             self._undo(made, defined)
             raise
         return dict(bytes=total, seconds=round(self.clock.now() - started, 2), progress=live_mod.pick(progress))
+
+    def _stream(self, d: dict, made: list, progress: list, elapsed) -> int:
+        """Copy disk ``d``'s file to the same path on the destination through volume streams (sha256 checked);
+        the bytes moved. The file is in ``made`` from its creation on."""
+        facts = self.src_files.facts(d["path"])
+        vol = self.dst_files.create(d["path"], "raw", facts["physical"])
+        made.append(d["path"])
+        moved = copy(self.src_files, d["path"], self.dst_files, vol, facts["physical"], progress, elapsed)
+        d.update(result="copied", sha256=moved["sha256"], bytes=moved["bytes"])
+        return moved["bytes"]
 
     def _stays(self, name: str, made: list, undone: bool) -> str:
         if not made:

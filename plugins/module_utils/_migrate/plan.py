@@ -3,8 +3,10 @@
 
 Each disk gets an action: ``top`` (an overlay whose base is already on the
 destination: only the overlay's own file moves), ``whole`` (a disk with no
-backing file: all of it moves) or ``shared`` (nothing moves: the same path
-must already be there on the destination). A base that is missing on the
+backing file: all of it moves), ``seed`` (the cloud-init seed kvm_clone or
+kvm_vm made for the domain, a read-only CD-ROM: copied whole through a volume
+stream, live or not) or ``shared`` (nothing moves: the same path must already
+be there on the destination). A base that is missing on the
 destination, or is not the same file there (size; and the fingerprint
 kvm_clone recorded when the overlay was made, see _drift), is a problem; so is a
 file that a copy would overwrite. Problems are collected for every disk, then
@@ -22,6 +24,8 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import Storage
 from ansible_collections.virtops.kvm.plugins.module_utils._migrate.volumes import SHARED_POOL_TYPES
 
 STORAGE_CHOICES = ("auto", "shared", "copy")
+#: the actions that put a file on the destination (and may remove it from the source after the move)
+COPIED = ("top", "whole", "seed")
 
 
 def _recorded(prov: dict | None, path: str) -> dict | None:
@@ -66,6 +70,28 @@ def _base_problems(src, dst, disk: dict, facts: dict, record: dict | None) -> tu
     return [], dict(size=there["physical"], mtime=there["mtime"], digest=digest)
 
 
+def _plan_seed(entry: dict, disk: dict, src, dst) -> list[str]:
+    """The cloud-init seed the collection made for the domain: it moves with it (action ``seed``); problems."""
+    facts = src.facts(disk["path"])
+    if facts is None:
+        entry.update(action="none", reason="missing on the source")
+        return [f"{disk['path']} ({disk['target']}) is missing on {src.uri}"]
+    entry.update(
+        action="seed",
+        bytes=facts["physical"] or 0,
+        format=facts["format"] or disk["format"],
+        reason="the cloud-init seed made for this domain: copied whole through a volume stream",
+    )
+    if dst.facts(disk["path"]) is not None:
+        return [
+            f"{disk['path']} ({disk['target']}) already exists on {dst.uri}: a copy would overwrite it (remove it "
+            "there if it is a leftover)"
+        ]
+    if not dst.directory_exists(disk["path"]):
+        return [f"the directory of {disk['path']} ({disk['target']}) does not exist on {dst.uri} (make it there)"]
+    return []
+
+
 def plan_disks(root, storage: str, src, dst) -> tuple[list[dict], list[str]]:
     """([per disk: target, path, action, format, base, bytes, reason], [problems]) for domain XML ``root``."""
     prov = dx.provenance(root)
@@ -82,6 +108,9 @@ def plan_disks(root, storage: str, src, dst) -> tuple[list[dict], list[str]]:
             entry.update(action="shared", reason=f"a disk of type {disk['type']} is not copied")
             continue
         if disk["device"] != "disk" or disk["readonly"] or disk["shareable"]:
+            if storage != "shared" and (_recorded(prov, disk["path"]) or {}).get("mode") == "seed":
+                problems.extend(_plan_seed(entry, disk, src, dst))
+                continue
             entry.update(action="shared", reason=f"a read-only or shareable {disk['device']}: not copied")
             if dst.facts(disk["path"]) is None:
                 problems.append(f"{disk['path']} ({disk['target']}) is missing on {dst.uri}")
@@ -144,7 +173,7 @@ def removable(prov: dict | None, disks: list[dict], in_use: set) -> list[str]:
     bases = {d["base"] for d in disks if d.get("base")}
     out = []
     for d in disks:
-        if d.get("action") not in ("top", "whole"):
+        if d.get("action") not in COPIED:
             continue
         rec = _recorded(prov, d["path"])
         if rec is None or d["path"] in bases or d["path"] in in_use:

@@ -271,6 +271,44 @@ def test_whole_shared_and_read_only_disks():
     assert problems == [f"{ISO} (sda) is missing on {dst.uri}"]
 
 
+SEED = "/images/c1-cidata.iso"
+
+
+def _seeded():
+    """The domain with the cloud-init seed kvm_clone made for it (recorded in its provenance) and a tools ISO."""
+    extra = f"""<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{SEED}'/>
+        <target dev='sda' bus='sata'/><readonly/></disk>
+      <disk type='file' device='cdrom'><source file='{ISO}'/><target dev='sdb' bus='sata'/><readonly/></disk>"""
+    root = _domain(extra_disks=extra)
+    fp = dict(size=1000, mtime=1, digest=DIGEST)
+    created = [dict(path=TOP, base=BASE, mode="overlay", base_fingerprint=fp), dict(path=SEED, mode="seed")]
+    dx.set_provenance(root, "tpl", "overlay", created)
+    return root
+
+
+def test_the_seed_made_for_the_domain_moves_with_it_and_is_removed_after():
+    src, dst = _hosts(digests={BASE: DIGEST}, src_extra={SEED: _file(374784, fmt="raw")})
+    dst.files[ISO] = _file(10)
+    disks, problems = planlib.plan_disks(_seeded(), "auto", src, dst)
+    assert problems == []
+    assert [(d["target"], d["action"]) for d in disks] == [("vda", "top"), ("sda", "seed"), ("sdb", "shared")]
+    assert disks[1]["bytes"] == 374784 and disks[1]["format"] == "raw"
+    assert planlib.removable(dx.provenance(_seeded()), disks, set()) == [TOP, SEED]  # never the tools ISO
+
+    dst.files[SEED] = _file(374784, fmt="raw")  # a leftover there: never overwritten
+    _disks, problems = planlib.plan_disks(_seeded(), "auto", src, dst)
+    assert problems == [f"{SEED} (sda) already exists on {dst.uri}: a copy would overwrite it (remove it there if it "
+                        "is a leftover)"]  # fmt: skip
+    del dst.files[SEED]
+    dst.missing_dirs.add("/images")
+    _disks, problems = planlib.plan_disks(_seeded(), "auto", src, dst)
+    assert f"the directory of {SEED} (sda) does not exist on {dst.uri} (make it there)" in problems
+    # storage=shared copies nothing, the seed neither
+    src2, dst2 = _hosts(dest_files={TOP: _file(200), ISO: _file(10), SEED: _file(5)})
+    disks, problems = planlib.plan_disks(_seeded(), "shared", src2, dst2)
+    assert problems == [] and {d["action"] for d in disks} == {"shared"}
+
+
 def test_storage_shared_copies_nothing_and_needs_every_path():
     src, dst = _hosts()
     disks, problems = planlib.plan_disks(_domain(), "shared", src, dst)
