@@ -243,9 +243,17 @@ options:
     default: 8
   shutdown_timeout:
     description:
-      - Seconds to wait for a graceful shutdown (O(state=shutdown) or V(absent)) before failing.
+      - Seconds to wait for a graceful shutdown (O(state=shutdown) or V(absent)) before failing (or, with
+        O(force=true), powering it off).
     type: int
     default: 120
+  force:
+    description:
+      - When a running VM does not shut down within O(shutdown_timeout) (O(state=shutdown) or V(absent)), power it
+        off instead of failing, as M(virtops.kvm.kvm_domain)'s O(virtops.kvm.kvm_domain#module:force). A guest
+        that is still booting, or has no ACPI, ignores the power button.
+    type: bool
+    default: false
   boot_marker:
     description:
       - A regular expression to wait for in the console log after this task starts the VM (for example the

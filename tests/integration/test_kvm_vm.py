@@ -513,3 +513,23 @@ def test_11_vnc_listens_on_loopback_only_and_autostart(conn, guest, prefix, scra
     prov = plain(json.loads(listed.stdout))["virtops_provenance"]
     assert prov["mode"] == "vm" and prov["created_by"] == "virtops.kvm", prov
     assert [c["path"] for c in prov["created_disks"]] == [str(scratch / "vnc-vda.qcow2")], prov
+
+
+def test_12_a_guest_that_ignores_the_power_button_is_powered_off_only_with_force(conn, guest, prefix, scratch):
+    """shutdown_timeout, then force: a booted guest without ACPI (acpi=off) never shuts down by itself. Without force
+    the task fails after the timeout with the VM running; with force it is powered off; absent then removes it."""
+    name = f"{prefix}-noacpi"
+    boot = dict(kernel_boot(guest), cmdline=f"{guest['cmdline']} acpi=off")
+    args = dict(name=name, memory=128, boot=boot, console_log=str(scratch / "noacpi.log"), shutdown_timeout=3)
+    up = run_module(MOD, dict(args, state="running", boot_marker=guest["marker"], boot_timeout=240))
+    assert not up.get("failed") and up["changed"] is True, up
+    refused = run_module(MOD, dict(args, state="shutdown"))
+    assert refused.get("failed") and refused["error"] == "TimeoutExpired", refused
+    assert conn.lookupByName(name).isActive()
+    check = run_module(MOD, dict(args, state="shutdown", force=True), check=True)
+    assert not check.get("failed") and check["changed"] is True and conn.lookupByName(name).isActive(), check
+    off = run_module(MOD, dict(args, state="shutdown", force=True))
+    assert not off.get("failed") and off["changed"] is True, off
+    assert not conn.lookupByName(name).isActive()
+    gone = run_module(MOD, dict(args, state="absent"))
+    assert not gone.get("failed") and gone["changed"] is True and my_domains(conn, prefix) == [], gone

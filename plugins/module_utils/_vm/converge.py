@@ -44,7 +44,6 @@ _DOMAIN_FIXED = dict(
     vcpus=None,
     title=None,
     description=None,
-    force=False,
     allow_base_start=False,
     accept_base_change=False,
 )
@@ -71,6 +70,7 @@ class VmRun:
         p.update(
             remove_storage=remove_storage,
             shutdown_timeout=self.m.p["shutdown_timeout"],
+            force=self.m.p["force"],
             boot_marker=self.m.p["boot_marker"],
             boot_timeout=self.m.p["boot_timeout"],
         )

@@ -50,6 +50,7 @@ class VmManager(ScansHost, Manager):
         vms=dict(type="list", elements="dict"),
         parallel=dict(type="int", default=8),
         shutdown_timeout=dict(type="int", default=120),
+        force=dict(type="bool", default=False),
         boot_marker=dict(type="str"),
         boot_timeout=dict(type="int", default=180),
     )
