@@ -23,6 +23,7 @@ import libvirt
 
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import Connection
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import drive_letters
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.manager import GuestfsManager
 
 URI = "test:///default"
@@ -274,7 +275,7 @@ class FakeGuestFS:
 
     def add_drive_opts(self, path, **opts):
         assert self.launches == 0, "drives must be added before launch"
-        disk = "/dev/sd" + "abcdefghijklmnopqrstuvwxyz"[len(self.drives)]
+        disk = "/dev/sd" + drive_letters(len(self.drives))  # sdz, then sdaa, as the kernel names them
         self.drives.append((path, opts))
         if self.image is None:
             return

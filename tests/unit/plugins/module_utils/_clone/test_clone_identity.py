@@ -569,6 +569,20 @@ def test_a_batch_over_the_drive_limit_is_reset_in_several_appliances(conn, tpl, 
         assert recorded(conn, name)["done"] == list(OPERATIONS)
 
 
+def test_three_hundred_new_clones_at_the_real_drive_limit(conn, tpl, tmp_path):
+    """Any batch size (issue 28): 300 new clones of one disk each are reset in two appliances (250 + 50 drives),
+    as check mode predicts; each clone gets its own hostname."""
+    names = [f"ut-{i:03d}" for i in range(300)]
+    apps = Appliances()
+    check = manager(conn, tmp_path, apps, check_mode=True, clones=names).run()
+    assert check["identity_appliances"] == 2 and apps.handles == []
+    res = manager(conn, tmp_path, apps, clones=names).run()
+    assert res["changed"] is True and res["identity_appliances"] == 2
+    assert [len(h.drives) for h in apps.handles] == [250, 50]
+    assert apps.root(tmp_path / "ut-299.qcow2").text("/etc/hostname") == "ut-299\n"
+    assert all(c["identity"]["hostname"] == c["name"] for c in res["clones"])
+
+
 def test_a_run_resets_records_and_a_rerun_is_unchanged(conn, tpl, tmp_path):
     apps = Appliances()
     kw = dict(

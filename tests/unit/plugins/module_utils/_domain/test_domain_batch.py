@@ -454,3 +454,21 @@ def test_acting_starts_from_the_scan_and_reads_afresh_after_the_change(conn, nam
     # the scan, then one read of each domain's (now inactive) XML for its result, nothing else
     assert sorted(reads) == sorted(per_scan + names[:2])
     assert [e["domain"]["state"] for e in r["domains"]] == ["shutoff", "shutoff"]
+
+
+def test_a_thousand_domains_in_one_task(conn):
+    """Any batch size (issue 28): 1 000 domains defined and started by one task, four ways, then removed by one."""
+    prefix = f"ub-{secrets.token_hex(3)}"
+    many = [f"{prefix}-{i:04d}" for i in range(1000)]
+    try:
+        results = four([dict(xml=xml(n), state="running") for n in many])
+        assert_four(results)
+        assert set(states(conn, many).values()) == {"running"}
+        gone = batch([dict(name=n, state="absent") for n in many])
+        assert gone["changed"] is True and set(states(conn, many).values()) == {None}
+    finally:
+        for dom in conn.listAllDomains(0):
+            if dom.name().startswith(prefix):
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefine()
