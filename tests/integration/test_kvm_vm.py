@@ -479,17 +479,20 @@ def test_9_uefi_boots_with_an_nvram_of_its_own_removed_with_the_vm(conn, guest, 
 
 
 def test_10_a_new_vm_that_fails_to_start_is_rolled_back(conn, guest, prefix, scratch):
-    """A start libvirt refuses (an unknown CPU model) leaves no domain and no file made; the image stays."""
+    """A start libvirt refuses (an unknown CPU model) leaves no domain and no file made; the image stays as it
+    was, its mode included."""
     image = private_image(guest, scratch)
     name, vda = f"{prefix}-bad", scratch / "bad-vda.qcow2"
     args = dict(name=name, memory=128, cpu="NoSuchCpuModel", boot=kernel_boot(guest), state="running")
     args.update(disks=[dict(image=str(image), path=str(vda))], cloud_init={}, console_log=str(scratch / "bad.log"))
     before = guestlib.sha256(image)
+    mode = image.stat().st_mode
     r = run_module(MOD, args)
     assert r.get("failed") and "NoSuchCpuModel" in r["msg"], r
     assert my_domains(conn, prefix) == [] and not vda.exists()
     assert not (scratch / f"{name}-cidata.iso").exists()
     assert guestlib.sha256(image) == before
+    assert image.stat().st_mode == mode  # made read-only for the overlay, then given back its mode
 
 
 def test_11_vnc_listens_on_loopback_only_and_autostart(conn, guest, prefix, scratch):

@@ -36,8 +36,9 @@ _PREFIX = {"virtio": "vd", "ide": "hd"}  # every other bus names its disks sdX
 _EXT = {"qcow2": "qcow2", "raw": "img"}
 
 
-def pool_dir(conn, name: str, cache: dict) -> str:
-    """The directory of libvirt pool ``name`` (a dir-like pool); 'default' missing means /var/lib/libvirt/images."""
+def pool_dir(conn, name: str, cache: dict, default_dir: str = DEFAULT_DIR) -> str:
+    """The directory of libvirt pool ``name`` (a dir-like pool); 'default' missing means ``default_dir``
+    (/var/lib/libvirt/images, where libvirt's own default pool would be)."""
     if name in cache:
         return cache[name]
     lv = _deps.libvirt
@@ -50,8 +51,8 @@ def pool_dir(conn, name: str, cache: dict) -> str:
                 f"Storage pool {name!r} does not exist.",
                 hint="Create it with virtops.kvm.kvm_pool, or give the disk a path.",
             )
-        cache[name] = DEFAULT_DIR
-        return DEFAULT_DIR
+        cache[name] = default_dir
+        return default_dir
     root = _deps.etree.fromstring(pool.XMLDesc(0).encode())
     path = root.findtext("target/path")
     if root.get("type") not in ("dir", "fs", "netfs") or not path:
@@ -261,13 +262,29 @@ def fingerprint_bases(disks: list[dict]) -> None:
             d["base_fingerprint"] = fingerprint(d["source"])
 
 
-def protect(disks: list[dict], check_mode: bool) -> list[str]:
-    """chmod a-w each overlay's base (the course's 'never modify a base'); the bases changed (or to change)."""
+def protect(disks: list[dict], check_mode: bool, originals: dict | None = None) -> list[str]:
+    """chmod a-w each overlay's base (the course's 'never modify a base'); the bases changed (or to change).
+
+    ``originals`` gets each changed base's mode before (``unprotect`` puts it back)."""
     changed = []
     for base in dict.fromkeys(d["source"] for d in disks if d["mode"] == "overlay"):
-        mode = os.stat(base).st_mode
+        mode = stat.S_IMODE(os.stat(base).st_mode)
         if mode & 0o222:
             if not check_mode:
-                os.chmod(base, stat.S_IMODE(mode) & ~0o222)
+                os.chmod(base, mode & ~0o222)
+            if originals is not None:
+                originals[base] = mode
             changed.append(base)
     return changed
+
+
+def unprotect(base: str, mode: int) -> bool:
+    """Give ``base`` back its mode ``mode`` from before ``protect``, unless it changed since; whether it did."""
+    try:
+        now = stat.S_IMODE(os.stat(base).st_mode)
+    except FileNotFoundError:
+        return False
+    if now != mode & ~0o222:
+        return False
+    os.chmod(base, mode)
+    return True

@@ -56,8 +56,9 @@ class VmManager(ScansHost, Manager):
     )
     MODULE_OPTIONS = dict(required_one_of=[("name", "vms")], mutually_exclusive=[("name", "vms")])
 
-    #: clock: the waits' time source; lock_path/lock_timeout: the host lock; osinfo_dirs: the osinfo database
-    SEAMS = dict(clock=SYSTEM, lock_path=None, lock_timeout=900, osinfo_dirs=None)
+    #: clock: the waits' time source; lock_path/lock_timeout: the host lock; osinfo_dirs: the osinfo database;
+    #: default_dir: where files go when no pool "default" is defined
+    SEAMS = dict(clock=SYSTEM, lock_path=None, lock_timeout=900, osinfo_dirs=None, default_dir=files.DEFAULT_DIR)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -115,16 +116,19 @@ class VmManager(ScansHost, Manager):
         os_info = self._os.get(vm["os_variant"])
         bus = build.defaults(vm, os_info)["disk_bus"]
         disks = files.assign_targets(vm["disks"], bus)
+
+        def folder(pool: str) -> str:
+            return files.pool_dir(self.conn, pool, pools, self.default_dir)
+
         dirs = {
-            i: os.path.dirname(d["path"]) if d["path"] else files.pool_dir(self.conn, d["pool"] or vm["pool"], pools)
-            for i, d in enumerate(disks)
+            i: os.path.dirname(d["path"]) if d["path"] else folder(d["pool"] or vm["pool"]) for i, d in enumerate(disks)
         }
         existing = scanned.inactive if scanned is not None else None
         planned = files.plan_disks(vm, disks, dirs, existing, scan)
         seed = None
         if vm["cloud_init"] is not None:
             made = [os.path.dirname(d["path"]) for d in planned if d["mode"] != "as_is"]
-            seed = seed_path(made[0] if made else files.pool_dir(self.conn, vm["pool"], pools), name)
+            seed = seed_path(made[0] if made else folder(vm["pool"]), name)
         return dict(
             disks=planned,
             seed=seed,
@@ -153,36 +157,63 @@ class VmManager(ScansHost, Manager):
         """Plan, protect the bases, run every VM; (results, the boot waits they left by VM name)."""
         self._scan = HostScan.take(self.conn)
         plans = self._plans(self._scan)
-        protected = self._protect(plans)
+        originals: dict[str, int] = {}
+        protected = self._protect(plans, originals)
         runs = [VmRun(self, v, plans[v["name"]]) for v in self.vms]
         if len(runs) == 1:
-            results = [runs[0].run()]
+            try:
+                results = [runs[0].run()]
+            except KvmError:
+                self._unprotect(plans, [], originals)
+                raise
         else:
             workers = max(1, min(self.p["parallel"], len(runs)))
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(self._one, runs))
+        self._unprotect(plans, results, originals)
         for r in results:
             if protected.get(r["name"]) and not r.get("failed"):
                 r["changes"][:0] = [f"protect base {b} (read-only: overlays stand on it)" for b in protected[r["name"]]]
                 r["changed"] = True
         return results, {run.vm["name"]: run.boot_watch for run in runs if run.boot_watch is not None}
 
-    def _protect(self, plans: dict) -> dict[str, list[str]]:
+    def _protect(self, plans: dict, originals: dict) -> dict[str, list[str]]:
         """chmod a-w every base the planned overlays stand on, once, before any VM is defined or started.
 
-        A VM never runs on an overlay whose base is still writable (a VM that then fails leaves its base
-        read-only, as kvm_clone does). Returns, per VM, the bases it reports: the first VM in the list's order
-        standing on each base, in check mode as in a real run.
+        A VM never runs on an overlay whose base is still writable. Returns, per VM, the bases it reports: the
+        first VM in the list's order standing on each base, in check mode as in a real run; ``originals`` gets
+        each changed base's mode before.
         """
         done: set = set()
         out: dict[str, list[str]] = {}
         for vm in self.vms:
             disks = [d for d in plans[vm["name"]]["disks"] if d["mode"] == "overlay" and d["source"] not in done]
             done.update(d["source"] for d in disks)
-            changed = files.protect(disks, self.check_mode)
+            changed = files.protect(disks, self.check_mode, originals)
             if changed:
                 out[vm["name"]] = changed
         return out
+
+    def _unprotect(self, plans: dict, results: list[dict], originals: dict) -> None:
+        """A base this run made read-only that no VM of the run stands on (each failed, its new overlay rolled
+        back) gets its mode back when nothing else stands on it either (a fresh host scan): a failed run leaves
+        the files as they were. A base something stands on stays read-only."""
+        if self.check_mode:
+            return
+        standing = {
+            d["source"]
+            for r in results
+            if not r.get("failed")
+            for d in plans[r["name"]]["disks"]
+            if d["mode"] == "overlay"
+        }
+        loose = {base: mode for base, mode in originals.items() if base not in standing}
+        if not loose:
+            return
+        scan = HostScan.take(self.conn)
+        for base, mode in loose.items():
+            if not scan.stands_on(base):
+                files.unprotect(base, mode)
 
     def run(self) -> dict:
         if self.check_mode:

@@ -438,6 +438,7 @@ class Runner:
             "lock_path": f"{sb}/h-lock/clone.lock",
             "lock_timeout": 1,
             "journal_dir": f"{sb}/h-intents",
+            "default_dir": f"{sb}/h-images",  # kvm_vm's files when no pool "default" is defined
             "handle_factory": sandbox.stub_guestfs_handle,
             "root": f"{sb}/h-root",
             "sleep": self.clock.sleep,

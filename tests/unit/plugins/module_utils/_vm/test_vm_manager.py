@@ -114,6 +114,29 @@ def test_overlay_in_a_pool_protects_its_base(tconn, tmp_path, pool):
     assert run(tconn, tmp_path, **params)["changed"] is False
 
 
+def test_a_base_made_read_only_for_vms_that_all_failed_gets_its_mode_back(tconn, tmp_path, pool):
+    """The bases are protected before anything is made; when every VM of the run on a base fails (its overlay
+    rolled back), the base gets its mode back: a failed run leaves the files as they were."""
+    base = img(tmp_path / "base.qcow2")
+    os.chmod(base, 0o640)
+    kept = img(tmp_path / "kept.qcow2")
+    os.chmod(kept, 0o644)
+
+    def runner(argv, env=None):
+        if "-b" in argv and base in argv:  # the overlay on base cannot be made (a full disk)
+            return 1, "", "No space left on device"
+        return fakes.runner(argv, env)
+
+    vms = [dict(name="ut-fb", disks=[dict(image=base)]), dict(name="ut-ok", disks=[dict(image=kept)])]
+    m = manager(tconn, tmp_path, vms=vms, pool=pool)
+    m.runner = runner
+    with pytest.raises(KvmError, match="1 of 2 VMs failed: ut-fb"):
+        m.run()
+    assert stat.S_IMODE(os.stat(base).st_mode) == 0o640  # as before the run
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o444  # ut-ok stands on it
+    assert names(tconn) == {"ut-ok"}
+
+
 def test_batch_with_a_name_twice_is_refused_before_anything(tconn, tmp_path):
     vms = [dict(name="ut-b1", disks=[dict(size="8M", path=str(tmp_path / f"b{i}.qcow2"))]) for i in range(2)]
     with pytest.raises(InvalidInput, match="vms names ut-b1 more than once"):
