@@ -66,6 +66,7 @@ def main() -> int:
             kvm_fleet_dest_dir=str(workdir),
             kvm_fleet_domain_type="qemu",
             kvm_fleet_identity={"operations": []},  # a blank base; bench/clone_identity.py times the reset
+            kvm_fleet_seal_template=False,  # nothing to seal on a blank base (the role seals by default)
             kvm_fleet_clone_state="present",
             kvm_fleet_clones=[{"name": n} for n in names],
             kvm_fleet_uri=opts.uri,
