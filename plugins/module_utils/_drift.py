@@ -36,19 +36,28 @@ CHUNK = 64 * 1024
 DIGEST = "sha256-16x64k"
 
 
+def sample_offsets(size: int) -> list[int]:
+    """Where the digest's 64 KiB pieces of a file of ``size`` bytes start: 0 and 15 more spread over it."""
+    return sorted({0} | {(size * i // SAMPLES) // CHUNK * CHUNK for i in range(1, SAMPLES)})
+
+
+def digest_text(h) -> str:
+    """The recorded form of the sampled digest ``h`` (a hashlib sha256 fed the pieces in order)."""
+    return f"{DIGEST}:{h.hexdigest()[:32]}"
+
+
 def fingerprint(path: str) -> dict:
     """``{size, mtime, file, digest}`` of the file at ``path`` (see the module doc for what is read)."""
     try:
         st = os.stat(path)
         h = hashlib.sha256()
         with open(path, "rb") as f:
-            offsets = sorted({0} | {(st.st_size * i // SAMPLES) // CHUNK * CHUNK for i in range(1, SAMPLES)})
-            for off in offsets:
+            for off in sample_offsets(st.st_size):
                 f.seek(off)
                 h.update(f.read(CHUNK))
     except OSError as exc:
         raise StorageError(f"Cannot read base {path} to check it: {exc.strerror}.") from exc
-    return dict(size=st.st_size, mtime=st.st_mtime_ns, file=file_id(st), digest=f"{DIGEST}:{h.hexdigest()[:32]}")
+    return dict(size=st.st_size, mtime=st.st_mtime_ns, file=file_id(st), digest=digest_text(h))
 
 
 def file_id(st: os.stat_result) -> str:

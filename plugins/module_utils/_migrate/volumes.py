@@ -182,15 +182,12 @@ class HostFiles:
         if vol is None:
             raise StorageError(f"{path} is not on {self.uri}.")
         h = hashlib.sha256()
-        offsets = sorted(
-            {0} | {(size * i // _drift.SAMPLES) // _drift.CHUNK * _drift.CHUNK for i in range(1, _drift.SAMPLES)}
-        )
-        for off in offsets:
+        for off in _drift.sample_offsets(size):
             length = min(_drift.CHUNK, max(size - off, 0))
             if length:
                 for data in _read(self.conn, vol, off, length, f"Reading {path} on {self.uri}"):
                     h.update(data)
-        return f"{_drift.DIGEST}:{h.hexdigest()[:32]}"
+        return _drift.digest_text(h)
 
     def digest(self, path: str, length: int) -> str:
         """sha256 of the first ``length`` bytes of the file at ``path``."""
