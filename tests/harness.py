@@ -128,14 +128,6 @@ def ansible_inventory(tmp_path: Path, config: dict, *args: str, env: dict | None
     """``ansible-inventory -i <tmp>/lab.libvirt.yml ARGS``, run outside the repo with this checkout's collection."""
     path = tmp_path / "lab.libvirt.yml"
     path.write_text(json.dumps(dict(plugin="virtops.kvm.libvirt", **config)))
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    full.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-        COLUMNS="1000",
-        **(env or {}),
-    )
+    full = playbook_env(ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), COLUMNS="1000", **(env or {}))
     argv = [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(path), *args]
     return subprocess.run(argv, cwd=tmp_path, env=full, capture_output=True, text=True, timeout=180, check=False)

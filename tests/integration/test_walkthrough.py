@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from tests import guestlib, nethost
+from tests.harness import plain, playbook_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "walkthrough.md"
@@ -90,29 +90,12 @@ def extra_vars(name: str, uri: str, template: str, clones: list[str]) -> dict:
 
 
 def ansible_env(tmp: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
+    return playbook_env(
         ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
         ANSIBLE_CALLBACK_RESULT_FORMAT="json",
         ANSIBLE_CALLBACK_FORMAT_PRETTY="false",
         ANSIBLE_INVENTORY_UNPARSED_FAILED="true",  # an inventory that cannot be read fails the run
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
     )
-    return env
-
-
-def _plain(value):
-    """ansible-inventory's JSON without ansible-core 2.19's ``{"__ansible_unsafe": ...}`` wrappers."""
-    if isinstance(value, dict):
-        if set(value) == {"__ansible_unsafe"}:
-            return value["__ansible_unsafe"]
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def recap(stdout: str) -> dict[str, dict[str, int]]:
@@ -225,7 +208,7 @@ def test_the_walkthrough_clones_a_class_and_reaches_every_clone(guest, nh, tmp_p
         # the inventory, read again from inside the namespace, gives the addresses the play waited for
         listed = _play(nh, tmp_path, "ansible-inventory", "-i", str(inv), "--list")
         assert listed.returncode == 0, _said(listed)
-        data = _plain(json.loads(listed.stdout))
+        data = plain(json.loads(listed.stdout))
         group = "template_" + re.sub(r"[^A-Za-z0-9_]", "_", template)
         assert sorted(data[group]["hosts"]) == sorted(clones), data.get(group)
         hostvars = data["_meta"]["hostvars"]

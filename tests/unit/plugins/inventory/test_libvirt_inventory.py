@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from ansible.plugins.loader import init_plugin_loader, inventory_loader
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._inventory import addresses, hosts, read, uris
+from tests.harness import playbook_env
 
 ROOT = Path(__file__).resolve().parents[4]
 BIN = Path(sys.executable).parent
@@ -456,15 +456,7 @@ def test_agent_is_asked_only_when_its_channel_is_there(channel, reason):
 
 @pytest.fixture
 def ansible_env(tmp_path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".collections"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
-        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
-    )
-    return env
+    return playbook_env(ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"))
 
 
 def test_ansible_inventory_graph_and_list(tmp_path, node_uri, ansible_env):
