@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The kvm_fleet role's batch rule as a filter: its clones as ONE kvm_domain task's ``domains`` list.
 
-Pure Python on the controller (input checks shared with the other filters: plugin_utils/_filter_input.py);
+Its rule is module_utils/_fleet/rules.py (kvm_fleet_host runs it on the hypervisor; input checks shared
+with the other filters: plugin_utils/_filter_input.py);
 documented in plugins/filter/fleet_domain_items.yml.
 """
 
@@ -10,10 +11,8 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.virtops.kvm.plugins.module_utils._fleet import rules
 from ansible_collections.virtops.kvm.plugins.plugin_utils._filter_input import kind, name_set, named_dicts
-
-# What kvm_domain's batch (its domains option) takes from a clone of the fleet.
-DOMAIN_KEYS = ("state", "memory", "vcpus", "autostart")
 
 
 def fleet_domain_items(clones, names=None, default_state=None, state=None) -> list:
@@ -28,18 +27,7 @@ def fleet_domain_items(clones, names=None, default_state=None, state=None) -> li
     for what, value in (("default_state", default_state), ("state", state)):
         if value is not None and (not isinstance(value, str) or not value):
             raise AnsibleFilterError(f"{filt}: {what} must be a state name or null, got {kind(value)}.")
-    items = []
-    for clone in clones:
-        if wanted is not None and clone["name"] not in wanted:
-            continue
-        item = {"name": clone["name"]}
-        item.update((k, clone[k]) for k in DOMAIN_KEYS if clone.get(k) is not None)
-        if state is not None:
-            item["state"] = state
-        elif "state" not in item and default_state is not None:
-            item["state"] = default_state
-        items.append(item)
-    return items
+    return rules.domain_items(clones, wanted, default_state, state)
 
 
 class FilterModule:

@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The kvm_fleet role's prune rule as a filter: the fleet's domains that are no longer listed.
 
-Pure Python on the controller (standard library only); documented in plugins/filter/fleet_unlisted.yml.
+Its rule is module_utils/_fleet/rules.py (kvm_fleet_host runs it on the hypervisor); standard library
+only; documented in plugins/filter/fleet_unlisted.yml.
 """
 
 from __future__ import annotations
@@ -11,25 +12,18 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.virtops.kvm.plugins.module_utils._fleet import rules
 from ansible_collections.virtops.kvm.plugins.plugin_utils._filter_input import kind, name_set, named_dicts
 
-# kvm_clone's mark in a clone's provenance (<metadata>), as kvm_domain_info returns it.
-CREATED_BY = "virtops.kvm"
 
-
-def _made_from(domain: Mapping, template_name: str, filt: str) -> bool:
-    """Whether kvm_clone's provenance record says it made this domain (from this template, when known)."""
+def _check_provenance(domain: Mapping, filt: str) -> None:
+    """A provenance record is a dict or null, as kvm_domain_info returns it."""
     prov = domain.get("provenance")
-    if prov is None:
-        return False
-    if not isinstance(prov, Mapping):
+    if prov is not None and not isinstance(prov, Mapping):
         raise AnsibleFilterError(
             f"{filt}: the provenance of domain {domain['name']!r} must be a dict or null "
             f"(as kvm_domain_info returns it), got {kind(prov)}."
         )
-    if prov.get("created_by") != CREATED_BY:
-        return False
-    return not template_name or prov.get("template") == template_name
 
 
 def fleet_unlisted(domains, fleet_name, listed_names, template_name=None) -> list:
@@ -49,12 +43,10 @@ def fleet_unlisted(domains, fleet_name, listed_names, template_name=None) -> lis
     listed = name_set(listed_names, filt, "listed_names")
     if template_name is not None and not isinstance(template_name, str):
         raise AnsibleFilterError(f"{filt}: template_name must be a string or null, got {kind(template_name)}.")
-    prefix = f"{fleet_name}-"
-    return [
-        d["name"]
-        for d in domains
-        if d["name"].startswith(prefix) and d["name"] not in listed and _made_from(d, template_name, filt)
-    ]
+    for domain in domains:
+        if domain["name"].startswith(f"{fleet_name}-") and domain["name"] not in listed:
+            _check_provenance(domain, filt)
+    return rules.unlisted(domains, fleet_name, listed, template_name)
 
 
 class FilterModule:

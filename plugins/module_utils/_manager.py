@@ -33,7 +33,7 @@ from ansible_collections.virtops.kvm.plugins.module_utils._connection import (
     call,
     libvirt_failed,
 )
-from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError, LibvirtFailed
+from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError, LibvirtFailed
 from ansible_collections.virtops.kvm.plugins.module_utils._validate import numbers
 
 # runner(argv, env=None) -> (rc, stdout, stderr); never a shell.
@@ -137,6 +137,33 @@ class Manager:
 
     def run(self) -> dict:
         raise NotImplementedError
+
+    def compose(self, manager_cls: type[Manager], params: dict, **seams) -> Manager:
+        """Another manager, run inside this one: its options checked as its module would check them.
+
+        It shares this manager's connection, check mode, runner and ``which``, and gets the seams of
+        this manager that it declares too (a clock, a lock path, a fake handle factory), overridden by
+        ``seams``. Its failures are its own typed errors.
+        """
+        given = {k: getattr(self, k) for k in manager_cls.SEAMS if k in self.SEAMS}
+        given.update(seams)
+        checked = validated(manager_cls, dict(params, uri=self.connection.uri) if manager_cls.CONNECTED else params)
+        return manager_cls(checked, self.connection, self.check_mode, runner=self.runner, which=self.which, **given)
+
+
+def validated(manager_cls: type[Manager], params: dict) -> dict:
+    """``params`` checked, converted and completed against the manager's spec as AnsibleModule does it."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # pylint: disable=import-outside-toplevel
+
+    kwargs = {k: v for k, v in manager_cls.MODULE_OPTIONS.items() if k != "supports_check_mode"}
+    given = {k: v for k, v in params.items() if v is not None}  # None is an option not given, as with omit
+    outcome = ArgumentSpecValidator(manager_cls.argument_spec(), **kwargs).validate(given)
+    if outcome.error_messages:
+        raise InvalidInput(
+            f"{manager_cls.__name__} refused the options it was given: {'; '.join(outcome.error_messages)}.",
+            hint="Fix the value the message names (it came from the task's options); nothing was changed by this step.",
+        )
+    return outcome.validated_parameters
 
 
 class DomainJournal:
