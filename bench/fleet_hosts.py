@@ -21,44 +21,23 @@ It starts its own ground (refused if one is running) and stops it at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from statistics import median
 
+from bench.playlib import ground_play, write_play
 from tests import ground as groundlib
 from tests import guestlib
-from tests.harness import playbook_env
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-BIN = Path(sys.executable).parent
 IMAGES = "/var/lib/libvirt/images"
 
 
 def ansible(inventory: Path, book: Path, limit: str | None = None) -> float:
-    env = playbook_env(ANSIBLE_FORKS="10")
-    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(book)]
-    if limit:
-        argv += ["--limit", limit]
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, env=env, cwd=str(book.parent), capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{book.name} failed (rc={proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-2000:]}")
-    return seconds
-
-
-def write_play(path: Path, tasks: list, variables: dict | None = None) -> Path:
-    play = {"name": path.stem, "hosts": "hypervisors", "gather_facts": False, "vars": variables or {}, "tasks": tasks}
-    path.write_text(json.dumps([play], indent=1))  # JSON is YAML
-    return path
+    return ground_play(inventory, book, limit)["seconds"]
 
 
 def fleet_vars(prefix: str, count: int, state: str) -> dict:

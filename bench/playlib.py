@@ -1,9 +1,10 @@
 """Helpers for the benches that time real ``ansible-playbook`` runs against this checkout's collection.
 
-Every play runs on localhost with a local connection and this venv's Python (the modules
+``play`` runs on localhost with a local connection and this venv's Python (the modules
 need its libvirt and lxml), with the repository's ansible.cfg. ``idle_play`` is the
 baseline: the same ``ansible-playbook`` with one trivial task, so that "beyond an idle
-play" leaves out Ansible's own start-up. Not part of the tests.
+play" leaves out Ansible's own start-up. ``write_play`` and ``ground_play`` do the same over
+the hypervisors of a test ground (tests/ground.py), over SSH. Not part of the tests.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.fleet_clone import cleanup as remove_clones
+from tests.harness import playbook_env
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -38,6 +40,8 @@ IDLE = """
 """
 
 _RECAP = re.compile(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)")
+# one line of the play recap per host: name, ok, changed, unreachable, failed
+_HOST_RECAP = re.compile(r"^(\S+)\s*: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
 def play(text: str, extra_vars: dict | None = None, check: bool = False) -> dict:
@@ -66,6 +70,38 @@ def play(text: str, extra_vars: dict | None = None, check: bool = False) -> dict
         raise RuntimeError(f"play failed (rc={proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
     ok, changed, _unreachable, failed = (int(x) for x in m.groups())
     return dict(seconds=seconds, ok=ok, changed=changed, failed=failed, stdout=proc.stdout)
+
+
+def write_play(path: Path, tasks: list, variables: dict | None = None, hosts: str = "hypervisors") -> Path:
+    """A one-play playbook at ``path`` (JSON, which is YAML) over ``hosts``, no fact gathering."""
+    book = {"name": path.stem, "hosts": hosts, "gather_facts": False, "vars": variables or {}, "tasks": tasks}
+    path.write_text(json.dumps([book], indent=1))
+    return path
+
+
+def ground_play(
+    inventory: Path, book: Path, limit: str | None = None, forks: int = 10, allow_failure: bool = False, **env: str
+) -> dict:
+    """``ansible-playbook`` of ``book`` over a ground's ``inventory`` (SSH), ``forks`` forks, ``env`` on top of
+    playbook_env. Returns {seconds, rc, hosts: {name: {ok, changed, unreachable, failed}}, changed (all hosts),
+    stdout}; raises on a failed play unless ``allow_failure``."""
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(book)]
+    if limit:
+        argv += ["--limit", limit]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        argv, env=playbook_env(ANSIBLE_FORKS=str(forks), **env), cwd=str(book.parent), capture_output=True,
+        text=True, check=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    hosts = {
+        m[0]: dict(zip(("ok", "changed", "unreachable", "failed"), (int(x) for x in m[1:])))
+        for m in _HOST_RECAP.findall(proc.stdout)
+    }
+    if (proc.returncode != 0 or not hosts) and not allow_failure:
+        raise RuntimeError(f"{book.name} failed (rc={proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-2000:]}")
+    changed = sum(h["changed"] for h in hosts.values())
+    return dict(seconds=seconds, rc=proc.returncode, hosts=hosts, changed=changed, stdout=proc.stdout)
 
 
 def idle_play() -> float:
