@@ -110,7 +110,7 @@ options:
     default: 4
   network:
     description:
-      - A libvirt network: each new clone's first interface is attached to it, the network is started if it is
+      - A libvirt network. Each new clone's first interface is attached to it, the network is started if it is
         defined but not running, and the clones' reserved addresses are returned in RV(addresses).
     type: str
   dhcp_reservations:
@@ -120,8 +120,8 @@ options:
     default: true
   identity:
     description:
-      - kvm_clone's identity reset of each new clone (see M(virtops.kvm.kvm_clone)); C({operations: []}) turns it
-        off.
+      - kvm_clone's identity reset of each new clone (see M(virtops.kvm.kvm_clone)); an empty C(operations) list
+        turns it off.
     type: dict
   cloud_init:
     description:
@@ -168,7 +168,7 @@ options:
     default: []
   verify_mounts:
     description:
-      - Guest device to mount point for O(verify_paths), for example C({"/dev/sda1": "/"}); unset, OS inspection.
+      - Guest device to mount point for O(verify_paths), for example C(/dev/sda1) to C(/); unset, OS inspection.
     type: dict
   prune:
     description:
@@ -270,7 +270,9 @@ pruned:
   elements: str
   sample: [web-3]
 removed:
-  description: The clones removed (state absent), listed and, with O(prune), unlisted.
+  description:
+    - The clones removed by this run (state absent; in check mode, those that would be), listed and, with O(prune),
+      unlisted. A listed clone that was not defined is not in it.
   returned: when state is absent
   type: list
   elements: str

@@ -190,10 +190,12 @@ class FleetHostManager(Manager):
 
     def _absent(self, unlisted: list) -> dict:
         gone = self.names + unlisted
+        removed = []
         if gone:
             params = dict(clones=gone, state="absent", xml_dir=self.p["xml_dir"])
-            self.done["clone"] = self.step("remove the clones", CloneManager, params)
-        return self._result(removed=gone)
+            out = self.done["clone"] = self.step("remove the clones", CloneManager, params)
+            removed = [c["name"] for c in out["clones"] if c["changed"]]
+        return self._result(removed=removed)
 
     def _present(self, xml: str | None, unlisted: list) -> dict:
         p = self.p
