@@ -141,7 +141,7 @@ class FleetHostManager(Manager):
         self.warnings.extend(out.pop("warnings", []))
         diff = out.pop("diff", None)
         if out.get("changed") and diff:
-            self.diffs.extend(dict(d, before_header=f"{name}") for d in (diff if isinstance(diff, list) else [diff]))
+            self.diffs.extend(dict(d, before_header=name) for d in (diff if isinstance(diff, list) else [diff]))
         return out
 
     def _template_xml(self) -> str | None:
