@@ -25,7 +25,7 @@ are not defined, so they are not put in a state or read (as the role did).
 
 from __future__ import annotations
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.manager import CloneManager
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.template_manager import TemplateManager
@@ -114,8 +114,9 @@ class FleetHostManager(Manager):
         self.names = [c["name"] for c in self.clones]
         if self.p["fleet_name"] is not None:
             vd.validate_name(self.p["fleet_name"], "fleet_name")
-        wants_template = self.p["state"] == "present" and self.p["create"] and self.clones
-        if wants_template and not any(self.p[k] for k in TEMPLATE_SOURCES):
+        #: whether this run makes clones (and so needs the template): state present, create, clones listed
+        self.making = self.p["state"] == "present" and self.p["create"] and bool(self.clones)
+        if self.making and not any(self.p[k] for k in TEMPLATE_SOURCES):
             raise InvalidInput(
                 "state=present needs the template: give one of template, template_xml and template_xml_file.",
                 hint="Name the template domain (shut off), or give its XML.",
@@ -161,13 +162,7 @@ class FleetHostManager(Manager):
         """The template's name as kvm_clone records it in a clone's provenance (the prune rule reads it)."""
         if self.p["template"]:
             return self.p["template"]
-        if not xml:
-            return None
-        try:
-            root = _deps.etree.fromstring(xml.encode("utf-8"))
-        except _deps.etree.XMLSyntaxError as exc:
-            raise InvalidInput(f"The template XML is not well-formed: {exc}.", hint="Give a domain XML.") from exc
-        return (root.findtext("name") or "").strip() or None
+        return dx.name_of(dx.parse(xml, "template XML")) if xml else None
 
     def _unlisted(self, template_name: str | None) -> list:
         if not self.p["prune"]:
@@ -181,8 +176,7 @@ class FleetHostManager(Manager):
     # ------------------------------------------------------------------ run
 
     def run(self) -> dict:
-        making = self.p["state"] == "present" and self.p["create"] and bool(self.clones)
-        xml = self._template_xml() if making or self.p["prune"] else None
+        xml = self._template_xml() if self.making or self.p["prune"] else None
         unlisted = self._unlisted(self._template_name(xml))
         if self.p["state"] == "absent":
             return self._absent(unlisted)
@@ -201,11 +195,10 @@ class FleetHostManager(Manager):
         p = self.p
         defined = self._defined()
         existing = [n for n in self.names if n in defined]
-        make = bool(self.clones) and p["create"]
-        if make and p["seal"] and p["template"]:
+        if self.making and p["seal"] and p["template"]:
             self.done["seal"] = self._seal()
         clone = {}
-        if make:
+        if self.making:
             params = {k: p[k] for k in CLONE_OPTIONS}
             source = dict(template=p["template"]) if p["template"] else dict(template_xml=xml)
             params.update(source, clones=rules.clone_specs(self.clones, existing), state="present")

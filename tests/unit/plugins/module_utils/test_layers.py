@@ -86,6 +86,7 @@ ALLOWED = {
     # kvm_fleet_host runs the managers of the modules it replaces, and the rules the role's filters share
     "_fleet": {
         "_deps",
+        "_domain_xml",
         "_errors",
         "_connection",
         "_manager",
