@@ -12,13 +12,9 @@ removes it in every case, and when the transfer or the install itself fails, ``c
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import json
 import os
 import secrets
 import stat
-import tempfile
 import time
 
 from ansible.errors import AnsibleError
@@ -26,89 +22,14 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import KvmError
-from ansible_collections.virtops.kvm.plugins.module_utils._image import (
-    ARGUMENT_SPEC,
-    hash_file,
-    parse_checksum,
-    staged_path,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._image import ARGUMENT_SPEC, parse_checksum, staged_path
+from ansible_collections.virtops.kvm.plugins.plugin_utils._image_digest import controller_sha256
 
 MODULE = "virtops.kvm.kvm_image"
 # What a task may set: the module's options without the internal ones (those are the action's).
 TASK_SPEC = {k: dict(v) for k, v in ARGUMENT_SPEC.items() if not k.startswith("_")}
 TASK_SPEC["dest"]["type"] = "str"  # a '~' is the managed host's, expanded there
-CACHE_FILE = "image-sha256.json"
-
 display = Display()
-
-
-def cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "virtops-kvm")
-
-
-@contextlib.contextmanager
-def _locked(path: str):
-    with open(path, "a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _load(path: str) -> dict:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _identity(st: os.stat_result) -> dict:
-    return dict(size=st.st_size, mtime_ns=st.st_mtime_ns, ino=st.st_ino, dev=st.st_dev)
-
-
-def controller_sha256(path: str, directory: str | None = None) -> tuple:
-    """(sha256, size, from the cache?) of the controller file ``path``.
-
-    The cache is one JSON file keyed by realpath; an entry holds while (size, mtime_ns, ino, dev)
-    are the same. Forks hashing the same file wait for each other (a lock per file), so a play
-    over many hosts reads a new image once. A cache that cannot be written only costs time.
-    """
-    real = os.path.realpath(path)
-    directory = directory or cache_dir()
-    try:
-        os.makedirs(os.path.join(directory, "locks"), mode=0o700, exist_ok=True)
-        lock = _locked(os.path.join(directory, "locks", hashlib.sha256(real.encode()).hexdigest()[:32] + ".lock"))
-    except OSError as exc:
-        display.vvv(f"kvm_image: no sha256 cache in {directory}: {exc}")
-        lock = contextlib.nullcontext()
-    cache = os.path.join(directory, CACHE_FILE)
-    with lock:
-        st = os.stat(real)
-        entry = _load(cache).get(real)
-        if isinstance(entry, dict) and {k: entry.get(k) for k in _identity(st)} == _identity(st):
-            sha = parse_checksum(str(entry.get("sha256")))
-            if sha:
-                return sha, st.st_size, True
-        sha, st = hash_file(real)
-        try:
-            with _locked(cache + ".lock"):
-                data = _load(cache)
-                data[real] = dict(_identity(st), sha256=sha)
-                fd, tmp = tempfile.mkstemp(dir=directory, prefix=".image-sha256.")
-                try:
-                    with os.fdopen(fd, "w") as f:
-                        json.dump(data, f, indent=1, sort_keys=True)
-                    os.replace(tmp, cache)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
-        except OSError as exc:
-            display.vvv(f"kvm_image: cannot write the sha256 cache {cache}: {exc}")
-        return sha, st.st_size, False
 
 
 class ActionModule(ActionBase):

@@ -371,6 +371,38 @@ class ImageTarget:
         )
 
 
+def settled(image: dict) -> dict:
+    """Would kvm_image change nothing for ``image`` ({dest, sha256, mode, owner, group})? Read only, never hashes.
+
+    Settled: dest is a regular file whose fresh digest record names ``sha256``, with the wanted mode
+    (read-only), owner and group, and no partial copy beside it (kvm_image would warn). Anything else,
+    a bad option too, is ``settled: false`` with the reason, and the caller runs kvm_image. A file
+    without a fresh record is not hashed: asking costs a stat and an xattr read.
+    """
+    out = dict(dest=str(image.get("dest") or ""), settled=False, sha256=None, reason="")
+    try:
+        target = ImageTarget(dict(image, src="src", _step="probe", _sha256=image.get("sha256")), check_mode=True)
+        out["dest"] = target.dest
+        target._check_dir()
+        target._warn_leftovers()
+        st = target._dest_stat()
+    except (InvalidInput, Conflict, OSError) as exc:
+        return dict(out, reason=getattr(exc, "message", None) or str(exc))
+    if st is None:
+        return dict(out, reason="missing")
+    out["sha256"] = read_record(target.dest, st)
+    unsettled = [
+        ("no fresh digest record", out["sha256"] is None),
+        ("other content", out["sha256"] is not None and out["sha256"] != target.sha256),
+        ("mode", stat.S_IMODE(st.st_mode) != target.mode or bool(target.mode & 0o222)),
+        ("owner", target.uid is not None and st.st_uid != target.uid),
+        ("group", target.gid is not None and st.st_gid != target.gid),
+        ("partial copy beside it", bool(target.warnings)),
+    ]
+    reasons = [why for why, bad in unsettled if bad]
+    return dict(out, settled=not reasons, size=st.st_size, reason=", ".join(reasons))
+
+
 class ImageManager(Manager):
     """kvm_image's host side, run by ``_manager.run_module`` like every module; it needs no libvirt connection."""
 

@@ -26,7 +26,43 @@ extends_documentation_fragment:
   - virtops.kvm.connection
   - virtops.kvm.attributes
   - virtops.kvm.attributes.INFO_MODULE
-options: {}
+options:
+  images:
+    description:
+      - Base images to check against what M(virtops.kvm.kvm_image) would put there. For each, RV(images) says
+        whether it is settled, that is whether kvm_image with the same O(images[].dest), O(images[].mode),
+        O(images[].owner) and O(images[].group) and a source of that sha256 would change nothing.
+      - Read only and cheap. It costs a stat and an extended attribute read per image, with no hashing.
+        It trusts the digest record kvm_image keeps on each file, and only while that record is fresh.
+        A file without a fresh record is reported unsettled, never hashed here.
+      - The files are checked on the machine the module runs on, like RV(host.drained). Run the module
+        on the hypervisor itself.
+      - The C(virtops.kvm.kvm_fleet) role uses this to skip kvm_image on hypervisors that already hold
+        their bases.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      dest:
+        description: The image's absolute path, as kvm_image's O(virtops.kvm.kvm_image#module:dest).
+        type: path
+        required: true
+      sha256:
+        description: The sha256 the image must have (64 hex digits, optionally after C(sha256:)).
+        type: str
+        required: true
+      mode:
+        description:
+          - The mode kvm_image would set (its default C(0444)). A mode that lets the file be written is
+            never settled, because kvm_image warns of it.
+        type: raw
+        default: "0444"
+      owner:
+        description: The owner kvm_image would set (a name or a number); not checked when not given.
+        type: str
+      group:
+        description: The group kvm_image would set (a name or a number); not checked when not given.
+        type: str
 notes:
   - Memory in MiB is rounded down; domains' memory is summed in KiB before it is rounded.
 seealso:
@@ -45,6 +81,13 @@ EXAMPLES = r"""
       - hv.host.memory_total_mib - hv.host.memory_defined_mib >= 4 * 1024
       - hv.host.vcpus_defined + 4 <= 2 * hv.host.cpus
     fail_msg: "{{ hv.host.hostname }} is full: {{ hv.host.domains_total }} domains defined"
+
+- name: Which base images are already in place, so kvm_image may be skipped
+  virtops.kvm.kvm_host_info:
+    images:
+      - dest: /var/lib/libvirt/images/base.qcow2
+        sha256: "{{ lookup('ansible.builtin.file', 'base.qcow2.sha256') }}"
+  register: hv_images
 
 - name: One remote hypervisor over SSH
   virtops.kvm.kvm_host_info:
@@ -142,6 +185,42 @@ host:
     memory_allocated_mib: 10240
     vcpus_defined: 24
     memory_defined_mib: 24576
+images:
+  description:
+    - One entry per O(images) item, in order. An entry is settled when kvm_image would change nothing
+      for that image.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    dest:
+      description: The image's path.
+      returned: always
+      type: str
+      sample: /var/lib/libvirt/images/base.qcow2
+    settled:
+      description: Whether kvm_image would change nothing. When false, run it.
+      returned: always
+      type: bool
+      sample: true
+    sha256:
+      description: The sha256 the file's fresh digest record names, or null when there is none.
+      returned: always
+      type: str
+      sample: 5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef
+    reason:
+      description:
+        - Why the image is not settled, empty when it is. Possible reasons are C(missing), C(no fresh
+          digest record), C(other content), C(mode), C(owner), C(group), C(partial copy beside it), or an
+          option's error.
+      returned: always
+      type: str
+      sample: missing
+    size:
+      description: The file's size in bytes.
+      returned: when the file exists
+      type: int
+      sample: 1073741824
 domains:
   description: The names of all domains, active or not, sorted.
   returned: always

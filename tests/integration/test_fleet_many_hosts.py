@@ -68,6 +68,11 @@ def play(tmp: Path, fleet: dict, fault: tuple[str, str] | None = None) -> Path:
          "dest": str(tmp / "report.json"), "mode": "0644"}, "delegate_to": "localhost", "run_once": True,
          "when": "kvm_fleet_report is defined", "check_mode": False, "changed_when": False}
     )  # fmt: skip
+    tasks.append(
+        {"name": "Save what kvm_image did here", "ansible.builtin.copy": {"content": "{{ kvm_fleet_images | to_json }}",
+         "dest": str(tmp / "images-{{ inventory_hostname }}.json"), "mode": "0644"}, "delegate_to": "localhost",
+         "when": "kvm_fleet_images is defined", "check_mode": False, "changed_when": False}
+    )  # fmt: skip
     book = tmp / "play.yml"
     book.write_text(yaml.safe_dump([{"hosts": "hypervisors", "gather_facts": False, "vars": fleet, "tasks": tasks}]))
     return book
@@ -76,9 +81,8 @@ def play(tmp: Path, fleet: dict, fault: tuple[str, str] | None = None) -> Path:
 def run(inventory: Path, book: Path, *args: str, check: bool = False) -> tuple[int, dict, str]:
     """ansible-playbook; (rc, host -> (changed, unreachable, failed), output)."""
     env = playbook_env(ANSIBLE_TIMEOUT="5", ANSIBLE_FORKS="10")
-    report = book.parent / "report.json"
-    if report.exists():
-        report.unlink()
+    for old in (book.parent / "report.json", *book.parent.glob("images-*.json")):
+        old.unlink(missing_ok=True)
     argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(book), *args]
     proc = subprocess.run(argv, env=env, cwd=str(book.parent), capture_output=True, text=True, timeout=900, check=False)
     out = proc.stdout + proc.stderr
@@ -90,6 +94,14 @@ def run(inventory: Path, book: Path, *args: str, check: bool = False) -> tuple[i
 
 def report(book: Path) -> dict:
     return json.loads((book.parent / "report.json").read_text())
+
+
+def images(book: Path) -> dict[str, list[tuple]]:
+    """Per hypervisor, (copied, settled) of each base as the role published it (kvm_fleet_images)."""
+    return {
+        path.stem.split("-", 1)[1]: [(i.get("copied"), i.get("settled", False)) for i in json.loads(path.read_text())]
+        for path in sorted(book.parent.glob("images-*.json"))
+    }
 
 
 def where(ground, prefix: str, names: tuple[str, ...] = HOSTS) -> dict[str, list[str]]:
@@ -136,6 +148,7 @@ def test_a_fleet_is_placed_distributed_converged_and_torn_down_over_three_hyperv
     # anti-affinity: the three db members on three different hypervisors
     assert sorted(h for h, names in placed.items() for n in names if "-db" in n) == list(HOSTS)
     assert report(book)["placement"] == {n: h for h, names in placed.items() for n in names}
+    assert images(book) == {h: [(True, False)] for h in HOSTS}  # copied by kvm_image
     # the base went to each hypervisor once, identical, read-only
     digest = guestlib.sha256(guestlib.build_guest()["base"])
     for h in HOSTS:
@@ -148,6 +161,9 @@ def test_a_fleet_is_placed_distributed_converged_and_torn_down_over_three_hyperv
     assert {h: recap[h][0] for h in HOSTS} == {h: 0 for h in HOSTS}, out[-6000:]
     assert report(book)["new"] == {}
     assert where(ground, prefix) == placed
+    # each hypervisor said it holds the base (kvm_host_info): kvm_image did not run at all
+    assert images(book) == {h: [(False, True)] for h in HOSTS}
+    assert "Put the fleet's base images on this hypervisor" in out and not re.search(r"ok: \[hv\d\] => \(item=", out)
 
     # growing the fleet places only the new clones; the old ones stay where they are
     more = [*clones, *({"name": f"{prefix}-web{i}"} for i in (3, 4))]

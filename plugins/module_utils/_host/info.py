@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 
-from ansible_collections.virtops.kvm.plugins.module_utils import _deps
+from ansible_collections.virtops.kvm.plugins.module_utils import _deps, _image
 from ansible_collections.virtops.kvm.plugins.module_utils._connection import call, libvirt_failed
 from ansible_collections.virtops.kvm.plugins.module_utils._manager import Manager
 from ansible_collections.virtops.kvm.plugins.module_utils._scan import HostScan
@@ -104,10 +104,25 @@ def drain_state(marker: str = DRAIN_MARKER) -> dict:
 class HostInfoManager(Manager):
     """kvm_host_info: one hypervisor's capacity and its domains' use of it; changes nothing."""
 
-    ARGUMENT_SPEC: dict = {}
+    ARGUMENT_SPEC: dict = dict(
+        images=dict(
+            type="list",
+            elements="dict",
+            default=[],
+            options=dict(
+                dest=dict(type="path", required=True),
+                sha256=dict(type="str", required=True),
+                mode=dict(type="raw", default="0444"),
+                owner=dict(type="str"),
+                group=dict(type="str"),
+            ),
+        ),
+    )
     LIBRARIES = ("libvirt",)
     READONLY = True
 
     def run(self) -> dict:
         host, domains = host_info(self.conn)
-        return dict(changed=False, host=host, domains=domains)
+        # Read only: a stat and an xattr read per image (_image.settled), on the machine the module runs on.
+        images = [_image.settled(image) for image in self.p.get("images") or []]
+        return dict(changed=False, host=host, domains=domains, images=images)

@@ -33,7 +33,7 @@ ALLOWED = {
     "_drift": {"_deps", "_errors", "_domain_xml"},
     "_network_xml": {"_deps", "_errors", "_domain_xml"},
     "_dhcp": {"_deps", "_errors", "_connection", "_network_xml"},
-    "_host": {"_deps", "_errors", "_connection", "_manager", "_scan"},
+    "_host": {"_deps", "_errors", "_connection", "_manager", "_scan", "_image"},
     "_domain": {
         "_deps",
         "_errors",
@@ -105,6 +105,8 @@ for _name, _allowed in ALLOWED.items():
 HOST_PUBLIC = {"_host.probe"}
 # The host package knows nothing of domains, except kvm_host_info's counts, read from the one host scan.
 HOST_SCANS = {"_host.info"}
+# ... and whether the base images a fleet needs are settled there (kvm_image's read-only check).
+HOST_IMAGES = {"_host.info"}
 # kvm_clone's identity reset drives the appliance kvm_guestfs uses: only its session and drive naming.
 GUESTFS_PUBLIC = {"_guestfs.session", "_guestfs.devices", "_guestfs.drives"}
 # The one composer: it may run another feature's manager (and nothing else of it).
@@ -161,6 +163,8 @@ def test_imports_follow_the_layers(path):
         assert target in ALLOWED[unit], f"{unit} may not import {target} ({path.relative_to(MU)})"
         if target == "_scan" and unit == "_host":
             assert _dotted(path) in HOST_SCANS, f"{path.relative_to(MU)} imports _scan; only _host.info counts domains"
+        if target == "_image" and unit == "_host":
+            assert _dotted(path) in HOST_IMAGES, f"{path.relative_to(MU)} imports _image; only _host.info asks it"
         if target == "_host" and unit != "_host":
             assert dotted in HOST_PUBLIC, f"{path.relative_to(MU)} imports {dotted}; use _host.probe only"
         if unit in COMPOSERS and target in FEATURES:

@@ -12,6 +12,8 @@ current memory, so these tests see both numbers of one domain.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import secrets
 
 import libvirt
@@ -55,8 +57,8 @@ def grows(name: str) -> str:
       <vcpu current='1'>3</vcpu><os><type>hvm</type></os></domain>"""
 
 
-def run(check: bool = False) -> dict:
-    manager = HostInfoManager({"uri": URI}, Connection(URI, readonly=True), check)
+def run(check: bool = False, **params) -> dict:
+    manager = HostInfoManager(dict(params, uri=URI), Connection(URI, readonly=True), check)
     try:
         return manager.run()
     finally:
@@ -200,9 +202,9 @@ def test_a_libvirt_failure_names_what_was_read(conn):
         info.host_info(Broken(conn, conn.listAllDomains(0)))
 
 
-def test_the_module_takes_only_the_uri_and_a_read_only_connection():
+def test_the_module_takes_the_uri_and_images_and_a_read_only_connection():
     kwargs = HostInfoManager.module_kwargs()
-    assert set(kwargs["argument_spec"]) == {"uri"} and kwargs["supports_check_mode"] is True
+    assert set(kwargs["argument_spec"]) == {"uri", "images"} and kwargs["supports_check_mode"] is True
     assert HostInfoManager.READONLY and HostInfoManager.needs({}) == ("libvirt",)
 
 
@@ -232,3 +234,32 @@ def test_the_domains_come_from_the_host_scan_and_need_no_lxml(conn, name, monkey
     monkeypatch.setattr(_deps, "etree", None)  # kvm_host_info needs libvirt-python only
     host, names = info.host_info(conn)
     assert taken == [conn] and name in names and host["domains_total"] == len(names)
+
+
+def test_images_say_which_bases_kvm_image_would_leave_alone_in_order(tmp_path):
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    from ansible_collections.virtops.kvm.plugins.module_utils import _image
+
+    data = b"base image"
+    sha = hashlib.sha256(data).hexdigest()
+    base = tmp_path / "base.qcow2"
+    base.write_bytes(data)
+    base.chmod(0o444)
+    if not _image.write_record(str(base), sha, os.stat(base)):
+        pytest.skip("the tmp file system has no user extended attributes")
+    asked = [dict(dest=str(tmp_path / "gone.qcow2"), sha256=sha), dict(dest=str(base), sha256=sha)]
+    # the module's own argument spec fills each image's defaults (mode 0444), as AnsibleModule would
+    spec = HostInfoManager.module_kwargs()["argument_spec"]
+    params = ArgumentSpecValidator(spec).validate(dict(uri=URI, images=asked)).validated_parameters
+    assert params["images"][1]["mode"] == "0444"
+    before = os.stat(base).st_ctime_ns
+    r = run(images=params["images"])
+    assert r["changed"] is False
+    assert [(i["dest"], i["settled"], i["reason"]) for i in r["images"]] == [
+        (asked[0]["dest"], False, "missing"),
+        (str(base), True, ""),
+    ]
+    assert r["images"][1]["sha256"] == sha and r["images"][1]["size"] == len(data)
+    assert os.stat(base).st_ctime_ns == before  # read only
+    assert run()["images"] == []
