@@ -90,6 +90,31 @@ def lookup_domain(conn, name: str):
         raise libvirt_failed(exc, f"Looking up domain {name}") from exc
 
 
+def _states(conn) -> dict:
+    """UUID -> (state, reason, active, persistent) of every domain, read in three calls for all of them.
+
+    A scan of 100 domains then costs 3 calls instead of 300 (each a round trip to libvirtd, ~1 ms on
+    a busy host) before the XML. Not atomic, as the per-domain calls were not either. A domain missing
+    here (defined meanwhile), or a driver without bulk stats, is asked on its own.
+    """
+    lv = _deps.libvirt
+    try:
+        stats = conn.getAllDomainStats(lv.VIR_DOMAIN_STATS_STATE)
+    except lv.libvirtError as exc:
+        if exc.get_error_code() == lv.VIR_ERR_NO_SUPPORT:
+            return {}
+        raise
+    active = {d.UUIDString() for d in conn.listAllDomains(lv.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
+    persistent = {d.UUIDString() for d in conn.listAllDomains(lv.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)}
+    out = {}
+    for dom, record in stats:
+        state, reason = record.get("state.state"), record.get("state.reason")
+        if isinstance(state, int) and isinstance(reason, int):
+            uuid = dom.UUIDString()
+            out[uuid] = (state, reason, uuid in active, uuid in persistent)
+    return out
+
+
 class ScannedDomain:
     """One domain as the scan saw it: handle, identity, state and its XML (parsed when first read).
 
@@ -99,14 +124,18 @@ class ScannedDomain:
 
     __slots__ = ("_docs", "_xml", "active", "dom", "name", "persistent", "reason", "state", "uuid")
 
-    def __init__(self, dom):
+    def __init__(self, dom, known: tuple | None = None):
+        """``known``: (state, reason, active, persistent) as ``HostScan.take`` read them for every domain at once."""
         lv = _deps.libvirt
         self.dom = dom
         self.name = dom.name()
         self.uuid = dom.UUIDString()
-        self.state, self.reason = dom.state()
-        self.active = bool(dom.isActive())
-        self.persistent = bool(dom.isPersistent())
+        if known is None:
+            self.state, self.reason = dom.state()
+            self.active = bool(dom.isActive())
+            self.persistent = bool(dom.isPersistent())
+        else:
+            self.state, self.reason, self.active, self.persistent = known
         live = dom.XMLDesc(0) if self.active else None
         self._xml = (live, dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE) if self.persistent else None)
         self._docs: dict = {}
@@ -169,12 +198,13 @@ class HostScan:
         lv = _deps.libvirt
         try:
             handles = conn.listAllDomains(0)
+            known = _states(conn)
         except lv.libvirtError as exc:
             raise libvirt_failed(exc, "Listing domains") from exc
         domains = {}
         for dom in handles:
             try:
-                scanned = ScannedDomain(dom)
+                scanned = ScannedDomain(dom, known.get(dom.UUIDString()))
             except lv.libvirtError as exc:
                 if gone(exc):
                     continue

@@ -177,8 +177,8 @@ class Stale:
     def __getattr__(self, attr):
         return getattr(self._conn, attr)
 
-    def listAllDomains(self, _flags=0):
-        return self._listed
+    def listAllDomains(self, flags=0):
+        return self._listed if flags == 0 else self._conn.listAllDomains(flags)
 
 
 def test_a_domain_undefined_while_listed_is_left_out(conn, name):
