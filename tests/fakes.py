@@ -413,6 +413,14 @@ class FakeGuestFS:
             raise RuntimeError(f"cat: {path}: No such file or directory")
         return fs.files[rel][0].decode()
 
+    def read_file(self, path):
+        self.events.append(("read_file", path))
+        fs, rel, _mp = self._at(path)
+        rel = fs.resolve(rel)
+        if rel not in fs.files:
+            raise RuntimeError(f"read_file: {path}: No such file or directory")
+        return fs.files[rel][0]
+
     def pread(self, path, count, offset):
         self.events.append(("pread", path))
         fs, rel, _mp = self._at(path)

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lxml import etree
 
 from tests import guestlib, harness, nethost, realguest
 
@@ -335,6 +336,48 @@ def test_6_rerun_changes_nothing(lab):
             for name, f in lab.facts["clones"].items():
                 for key in ("hostname", "machine_id", "hostkey", "class_note"):
                     assert again[name].get(key) == f.get(key), (name, key, again[name].get(key), f.get(key))
+
+
+def test_6b_a_key_put_in_offline_lets_the_operator_in_after_the_next_boot(lab):
+    """Issue 29: kvm_customize adds a NEW key to root's authorized_keys of a shut-off clone; after its next boot
+    SSH with that key (and only that one offered) logs in, inside the NetHost's namespace."""
+    lab.need("fleet")
+    name = lab.clones[2]  # the clone with no cloud-init seed: nothing at boot rewrites authorized_keys
+    key = lab.tmp / "offline-key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "offline-edit", "-f", str(key)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    pub = key.with_suffix(".pub").read_text().strip()
+    t0 = time.monotonic()
+    uri = lab.nh.uri
+    down = harness.run_module("kvm_domain", dict(name=name, state="shutdown", uri=uri), host=lab.nh)
+    assert not down.get("failed"), down.get("msg")
+    edit = dict(
+        domain=name, uri=uri, force_tcg="yes", mounts={"/dev/sda": "/"}, authorized_keys=[dict(user="root", keys=[pub])]
+    )
+    done = harness.run_module("kvm_customize", edit, host=lab.nh)
+    assert done.get("changed") is True and not done.get("failed"), done
+    assert harness.run_module("kvm_customize", edit, host=lab.nh, check=True)["changed"] is False
+    up = harness.run_module("kvm_domain", dict(name=name, state="running", uri=uri), host=lab.nh)
+    assert not up.get("failed"), up.get("msg")
+    conn = lab.nh.connect()
+    try:
+        dom = conn.lookupByName(name)
+        source = etree.fromstring(dom.XMLDesc(0)).find("devices/serial/source")
+        serial = Path(source.get("path") if source is not None else "/nonexistent")
+        address = realguest.lease_address(dom, time.monotonic() + BOOT_TIMEOUT)
+    finally:
+        conn.close()
+    try:
+        realguest.wait_for_ssh(lab.nh, str(key), address, time.monotonic() + BOOT_TIMEOUT)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\nserial log of {name}:\n{_serial_tail(serial)}")
+    proc = realguest.ssh(lab.nh, str(key), address, "id -un; cat /root/.ssh/authorized_keys")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "root" and pub in lines[1:], proc.stdout
+    lab.times["offline key: shutdown, edit, boot to SSH"] = time.monotonic() - t0
 
 
 def test_7_teardown_leaves_the_template(lab):

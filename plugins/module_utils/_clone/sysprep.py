@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import posixpath
 
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.guest import (  # noqa: F401  (OwnerError re-exported)
+    OwnerError,
+    Owners,
+    is_file,
+)
+
 OPERATIONS = ("hostname", "machine-id", "ssh-hostkeys", "net-persistent", "dhcp-leases", "logfiles")
 
 _PERSISTENT_NET = (
@@ -30,11 +36,6 @@ _LEASE_GLOBS = (
     "/var/lib/wicked/lease-*",
     "/var/lib/udhcpc/*",
 )
-
-
-def is_file(g, path: str) -> bool:
-    """A regular file (not followed through a symlink)."""
-    return bool(g.is_file(path, followsymlinks=False))
 
 
 def remove(g, paths: list[str]) -> list[str]:
@@ -231,7 +232,7 @@ def logfiles(g) -> tuple[bool, str]:
 
 def write_files(g, files: list[dict]) -> list[str]:
     """Write each ``{path, content, mode, owner}`` (parents made as needed); the paths written."""
-    owners = _Owners(g)
+    owners = Owners(g)
     out = []
     for f in files:
         path = f["path"]
@@ -248,48 +249,6 @@ def write_files(g, files: list[dict]) -> list[str]:
             g.chown(uid, gid, path)
         out.append(path)
     return out
-
-
-class OwnerError(Exception):
-    """An owner that the guest's /etc/passwd or /etc/group does not know."""
-
-
-class _Owners:
-    """``user[:group]`` (names or numbers) resolved in the guest's own /etc/passwd and /etc/group."""
-
-    def __init__(self, g):
-        self.g = g
-        self._tables: dict[str, dict[str, tuple[int, int]]] = {}
-
-    def _table(self, path: str) -> dict[str, tuple[int, int]]:
-        if path not in self._tables:
-            table = {}
-            if is_file(self.g, path):
-                for line in self.g.cat(path).splitlines():
-                    parts = line.split(":")
-                    if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
-                        table[parts[0]] = (int(parts[2]), int(parts[3]))
-                    elif len(parts) >= 3 and parts[2].isdigit():
-                        table[parts[0]] = (int(parts[2]), int(parts[2]))
-            self._tables[path] = table
-        return self._tables[path]
-
-    def resolve(self, owner: str, path: str) -> tuple[int, int]:
-        user, _sep, group = owner.partition(":")
-        if user.isdigit():
-            uid, gid = int(user), int(user)
-        elif user in self._table("/etc/passwd"):
-            uid, gid = self._table("/etc/passwd")[user]
-        else:
-            raise OwnerError(f"owner {owner!r} of {path}: the guest has no user {user!r} in /etc/passwd")
-        if group:
-            if group.isdigit():
-                gid = int(group)
-            elif group in self._table("/etc/group"):
-                gid = self._table("/etc/group")[group][0]
-            else:
-                raise OwnerError(f"owner {owner!r} of {path}: the guest has no group {group!r} in /etc/group")
-        return uid, gid
 
 
 def run_operations(g, operations: list[str], name: str, files: list[dict]) -> dict:

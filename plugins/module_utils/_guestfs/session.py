@@ -69,6 +69,7 @@ class GuestfsSession:
         self.warnings: list[str] = []
         self.backend = None
         self._roots: list[str] | None = None
+        self._ro = not writable
 
     # -- lifecycle
 
@@ -135,14 +136,18 @@ class GuestfsSession:
         part: Part | None = None,
         parts: list | None = None,
         where: str = "mounts option",
+        readonly: bool = False,
     ) -> dict | None:
-        """Mount the guest's filesystems read-only; return the inspection findings (None for ``mounts``).
+        """Mount the guest's filesystems (read-only unless the session is writable); return the inspection
+        findings (None for ``mounts``).
 
         With ``part``, the guest is the domain whose drives are that part of
         the appliance (of all ``parts``): ``mounts`` name its devices as its
         own (its first disk is /dev/sda), and inspection looks at it alone.
+        ``readonly`` mounts read-only in a writable session too (to compare before writing).
         """
         self.launch()
+        self._ro = readonly or not self.writable
         if mounts:
             if part is not None:
                 mounts = {part.own(dev): mp for dev, mp in mounts.items()}
@@ -170,10 +175,10 @@ class GuestfsSession:
                 ) from exc
 
     def _mount_one(self, dev: str, mp: str) -> None:
-        if self.writable:
-            self.g.mount(dev, mp)
-        else:
+        if self._ro:
             self.g.mount_ro(dev, mp)
+        else:
+            self.g.mount(dev, mp)
 
     def _fs_summary(self) -> str:
         try:

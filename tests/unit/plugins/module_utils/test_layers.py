@@ -83,6 +83,8 @@ ALLOWED = {
         "_clone",
         "_domain",
     },
+    # kvm_customize writes files in shut-off guests through the appliance kvm_guestfs uses
+    "_customize": {"_deps", "_errors", "_connection", "_manager", "_domain_xml", "_scan", "_guestfs"},
     # kvm_fleet_host runs the managers of the modules it replaces, and the rules the role's filters share
     "_fleet": {
         "_deps",
@@ -108,10 +110,22 @@ HOST_SCANS = {"_host.info"}
 # ... and whether the base images a fleet needs are settled there (kvm_image's read-only check).
 HOST_IMAGES = {"_host.info"}
 # kvm_clone's identity reset drives the appliance kvm_guestfs uses: only its session and drive naming.
-GUESTFS_PUBLIC = {"_guestfs.session", "_guestfs.devices", "_guestfs.drives"}
+GUESTFS_PUBLIC = {"_guestfs.session", "_guestfs.devices", "_guestfs.drives", "_guestfs.guest"}
 # The one composer: it may run another feature's manager (and nothing else of it).
 COMPOSERS = {"_fleet"}
-FEATURES = {"_host", "_domain", "_clone", "_guestfs", "_network", "_pool", "_snapshot", "_inventory", "_migrate", "_vm"}
+FEATURES = {
+    "_host",
+    "_domain",
+    "_clone",
+    "_guestfs",
+    "_network",
+    "_pool",
+    "_snapshot",
+    "_inventory",
+    "_migrate",
+    "_vm",
+    "_customize",
+}
 # Files over this many lines hold more than one concept (the issue says ~400).
 MAX_LINES = 420
 
