@@ -113,6 +113,28 @@ ANY = fs.jsonish(2)
 NAMES = st.one_of(st.lists(NAME, max_size=4), ANY)
 XML = st.one_of(fs.domain_xml(), fs.network_xml(), fs.text(), st.binary(max_size=40), ANY)
 
+# Base images as kvm_fleet gives them. No src names a regular file, so the fuzz never hashes a real file or
+# writes the controller's digest cache (tests/unit/plugins/filter/test_fleet_image_probes.py does, in tmp).
+SRC = st.one_of(st.sampled_from(["/nonexistent/base.qcow2", "base.qcow2", "/dev/null", "/", ""]), ANY)
+DEST = st.one_of(st.sampled_from(["/var/lib/libvirt/images/base.qcow2", "/var/lib//images/b.qcow2", "rel", ""]), ANY)
+SHA = st.one_of(st.sampled_from(["0" * 64, "sha256:" + "A" * 64, "nope"]), ANY)
+IMAGES = st.one_of(
+    st.lists(st.fixed_dictionaries({"src": SRC, "dest": DEST}, optional={"checksum": SHA}), max_size=3), ANY
+)
+PROBED = st.one_of(
+    st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {"dest": DEST, "settled": st.one_of(st.booleans(), ANY), "sha256": st.one_of(st.none(), SHA)},
+                optional={"size": COUNT, "reason": ANY},
+            ),
+            ANY,
+        ),
+        max_size=3,
+    ),
+    ANY,
+)
+
 # Per filter: a strategy for its positional and keyword arguments.
 SHAPES = {
     "fleet_placement": st.tuples(
@@ -138,6 +160,8 @@ SHAPES = {
         st.one_of(st.none(), st.sampled_from(["base", "tmpl"]), ANY),
     ).map(lambda a: (a, {})),
     "domain_name_of": XML.map(lambda x: ((x,), {})),
+    "fleet_image_probes": IMAGES.map(lambda x: ((x,), {})),
+    "fleet_images_split": st.tuples(IMAGES, PROBED).map(lambda a: (a, {})),
     "serial_logs": st.one_of(st.lists(domain(), max_size=4), ANY).map(lambda x: ((x,), {})),
     "hosts_seen": st.tuples(
         st.one_of(st.lists(NAME, max_size=4), ANY),
