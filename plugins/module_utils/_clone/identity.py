@@ -26,13 +26,14 @@ from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as 
 from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.layout import find_layout
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import Item
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError, run_operations
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, run_operations
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import GuestfsError, InvalidInput
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import (
     MAX_DRIVES as APPLIANCE_DRIVES,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import by_launch, parts_of
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import check_mounts
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.guest import OwnerError
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.session import GuestfsSession, runtime_message
 
 CONFIG_KEYS = ("operations", "files", "mounts", "force_tcg")

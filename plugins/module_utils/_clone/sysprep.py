@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import posixpath
 
-from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.guest import (  # noqa: F401  (OwnerError re-exported)
-    OwnerError,
-    Owners,
-    is_file,
-)
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.guest import Owners, is_file
 
 OPERATIONS = ("hostname", "machine-id", "ssh-hostkeys", "net-persistent", "dhcp-leases", "logfiles")
 

@@ -59,6 +59,7 @@ class CustomizeManager(Manager):
             type="list",
             elements="dict",
             default=[],
+            no_log=False,  # public keys
             options=dict(
                 user=dict(type="str", required=True),
                 keys=dict(type="list", elements="str", default=[], no_log=False),
@@ -69,6 +70,7 @@ class CustomizeManager(Manager):
             type="list",
             elements="dict",
             default=[],
+            no_log=False,  # the user names; each hash is no_log
             options=dict(user=dict(type="str", required=True), hash=dict(type="str", required=True, no_log=True)),
         ),
         mounts=dict(type="dict"),

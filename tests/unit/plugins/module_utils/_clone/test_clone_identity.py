@@ -17,8 +17,9 @@ import pytest
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._clone import identity, sysprep
 from ansible_collections.virtops.kvm.plugins.module_utils._clone.model import Item
-from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS, OwnerError
+from ansible_collections.virtops.kvm.plugins.module_utils._clone.sysprep import OPERATIONS
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput, KvmError
+from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.guest import OwnerError
 from tests import fakes
 from tests.fakes import FS, Appliances, FakeGuestFS, debian
 
