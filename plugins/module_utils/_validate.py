@@ -20,11 +20,14 @@ collection built. The bottom layer: it imports nothing of the collection but
 * **Numbers** (timeouts, counts, sizes in MiB) are non-negative and bounded: ``LIMITS``.
 * **Free text** put in XML (title, description) holds only characters XML
   allows, and no control character.
+* **Files inside a guest** (kvm_clone's identity files, kvm_customize): an absolute,
+  normalised path, an octal mode, an owner ``user[:group]`` as the guest names it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
@@ -34,6 +37,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _SIZE = re.compile(r" *([0-9]+) *([A-Za-z]*) *")
 _NAMES_DOC = "See 'Names and values' in the collection's docs (docs/names.md)."
+_GUEST_OWNER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 # Units of sizes, in bytes: libvirt's and qemu-img's spelling (K = KiB; KB is decimal). The one table.
 UNITS = {
@@ -268,3 +272,41 @@ def numbers(spec: dict, params: dict, limits: dict | None = None) -> None:
     problems = _out_of_range(spec, params, limits, "")
     if problems:
         raise InvalidInput(" ".join(problems), hint="Give values in those ranges; nothing was changed.")
+
+
+def guest_path(value, option: str) -> str:
+    """An absolute, normalised path of a file inside a guest (not / itself)."""
+    if (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or value.startswith("//")
+        or posixpath.normpath(value) != value
+        or value == "/"
+        or "\0" in value
+    ):
+        raise InvalidInput(
+            f"{option} {value!r} must be an absolute, normalised file path in the guest.", hint="For example /etc/motd."
+        )
+    return value
+
+
+def octal_mode(value, option: str) -> int | None:
+    """Permission bits from an octal string ('0644') or a number; None when not given."""
+    if value is None:
+        return None
+    try:
+        mode = int(value, 8) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{option} {value!r} is not an octal mode such as '0644'.", hint="Quote it.") from exc
+    if not 0 <= mode <= 0o7777:
+        raise InvalidInput(f"{option} {value!r} is out of range (0000 to 7777).")
+    return mode
+
+
+def guest_owner(value, option: str) -> str | None:
+    """``user`` or ``user:group`` (names or numbers, as the guest knows them); None when not given."""
+    if value is None or value == "":
+        return None
+    if not _GUEST_OWNER.match(str(value)):
+        raise InvalidInput(f"{option} {value!r} must be 'user' or 'user:group' (names or numbers, as in the guest).")
+    return str(value)

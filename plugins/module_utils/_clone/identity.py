@@ -19,8 +19,6 @@ clone that needed it. Check mode plans and never launches.
 from __future__ import annotations
 
 import os
-import posixpath
-import re
 
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
@@ -85,15 +83,7 @@ def check_files(files, where: str) -> list[dict]:
             raise InvalidInput(
                 f"{where}[{i}] has unknown key(s) {', '.join(unknown)}.", hint="Allowed: path, content, mode, owner."
             )
-        path = f.get("path")
-        if (
-            not isinstance(path, str)
-            or not path.startswith("/")
-            or path.startswith("//")
-            or posixpath.normpath(path) != path
-            or path == "/"
-        ):
-            raise InvalidInput(f"{where}[{i}].path {path!r} must be an absolute, normalised file path in the guest.")
+        path = vd.guest_path(f.get("path"), f"{where}[{i}].path")
         if path in seen:
             raise InvalidInput(f"{where} writes {path} twice.")
         seen.add(path)
@@ -106,32 +96,11 @@ def check_files(files, where: str) -> list[dict]:
             dict(
                 path=path,
                 content=content,
-                mode=_mode(f.get("mode"), f"{where}[{i}].mode"),
-                owner=_owner(f.get("owner"), f"{where}[{i}].owner"),
+                mode=vd.octal_mode(f.get("mode"), f"{where}[{i}].mode"),
+                owner=vd.guest_owner(f.get("owner"), f"{where}[{i}].owner"),
             )
         )
     return out
-
-
-def _mode(value, where: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        mode = int(value, 8) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{where} {value!r} is not an octal mode such as '0644'.") from exc
-    if not 0 <= mode <= 0o7777:
-        raise InvalidInput(f"{where} {value!r} is out of range (0000 to 7777).")
-    return mode
-
-
-def _owner(value, where: str) -> str | None:
-    if value is None or value == "":
-        return None
-    owner = str(value)
-    if not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$", owner):
-        raise InvalidInput(f"{where} {value!r} must be 'user' or 'user:group' (names or numbers).")
-    return owner
 
 
 def clone_plan(spec: dict, cfg: dict) -> dict | None:

@@ -9,55 +9,18 @@ or password given twice, is refused: the result would depend on the order.
 
 from __future__ import annotations
 
-import posixpath
 import re
 
+from ansible_collections.virtops.kvm.plugins.module_utils import _validate as vd
 from ansible_collections.virtops.kvm.plugins.module_utils._errors import InvalidInput
 
 FILE_STATES = ("present", "absent", "appended")
-_OWNER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # crypt(3) hashes ($id$...), optionally locked with a leading '!'; never a clear-text password
 _HASH = re.compile(r"^!?\$[0-9a-z]+\$[^\s:]+$")
 _KEY = re.compile(r"^\S.*\S$")
 # what one libguestfs write call takes (its protocol caps a message at a few MiB)
 MAX_CONTENT = 2 * 1024 * 1024
-
-
-def guest_path(value, where: str) -> str:
-    """An absolute, normalised file path in the guest (not / itself)."""
-    if (
-        not isinstance(value, str)
-        or not value.startswith("/")
-        or value.startswith("//")
-        or posixpath.normpath(value) != value
-        or value == "/"
-        or "\0" in value
-    ):
-        raise InvalidInput(
-            f"{where} {value!r} must be an absolute, normalised file path in the guest.", hint="For example /etc/motd."
-        )
-    return value
-
-
-def octal_mode(value, where: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        mode = int(value, 8) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"{where} {value!r} is not an octal mode.", hint="Quote it: '0644'.") from exc
-    if not 0 <= mode <= 0o7777:
-        raise InvalidInput(f"{where} {value!r} is out of range (0000 to 7777).")
-    return mode
-
-
-def owner(value, where: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if not _OWNER.match(str(value)):
-        raise InvalidInput(f"{where} {value!r} must be 'user' or 'user:group' (names or numbers, as in the guest).")
-    return str(value)
 
 
 def user(value, where: str) -> str:
@@ -70,7 +33,7 @@ def check_files(files: list) -> list[dict]:
     out, seen = [], set()
     for i, f in enumerate(files or []):
         where = f"files[{i}]"
-        path = guest_path(f.get("path"), f"{where}.path")
+        path = vd.guest_path(f.get("path"), f"{where}.path")
         if path in seen:
             raise InvalidInput(f"files edits {path} twice.", hint="Give each path once.")
         seen.add(path)
@@ -96,8 +59,8 @@ def check_files(files: list) -> list[dict]:
                 path=path,
                 state=state,
                 content=None if content is None else content.encode("utf-8"),
-                mode=octal_mode(f.get("mode"), f"{where}.mode"),
-                owner=owner(f.get("owner"), f"{where}.owner"),
+                mode=vd.octal_mode(f.get("mode"), f"{where}.mode"),
+                owner=vd.guest_owner(f.get("owner"), f"{where}.owner"),
             )
         )
     return out
