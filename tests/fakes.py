@@ -185,12 +185,24 @@ class FS:
         return sorted([*self.files, *self.dirs, *self.links])
 
     def resolve(self, path: str) -> str:
+        """``path`` with every link in it followed, its directories' and its own (as open(2) does)."""
         for _i in range(10):
-            if path not in self.links:
+            parts = path.split("/")
+            for i in range(2, len(parts) + 1):
+                prefix = "/".join(parts[:i])
+                if prefix in self.links:
+                    target = self.links[prefix]
+                    base = target if target.startswith("/") else posixpath.join(posixpath.dirname(prefix), target)
+                    path = posixpath.normpath("/".join([base, *parts[i:]]))
+                    break
+            else:
                 return path
-            target = self.links[path]
-            path = target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target)
         return path
+
+    def parent_resolved(self, path: str) -> str:
+        """``path`` with the links in its directories followed, not its own last part (as lstat(2) does)."""
+        parent, name = posixpath.split(path)
+        return path if parent in ("", "/") and not name else posixpath.join(self.resolve(parent), name)
 
 
 def debian(hostname: str = "virtops-base", dbus_link: bool = False) -> FS:
@@ -392,15 +404,15 @@ class FakeGuestFS:
 
     def is_file(self, path, followsymlinks=False):
         fs, rel, _mp = self._at(path)
-        return (fs.resolve(rel) if followsymlinks else rel) in fs.files
+        return (fs.resolve(rel) if followsymlinks else fs.parent_resolved(rel)) in fs.files
 
     def is_dir(self, path, followsymlinks=False):
         fs, rel, _mp = self._at(path)
-        return (fs.resolve(rel) if followsymlinks else rel) in fs.dirs
+        return (fs.resolve(rel) if followsymlinks else fs.parent_resolved(rel)) in fs.dirs
 
     def is_symlink(self, path):
         fs, rel, _mp = self._at(path)
-        return rel in fs.links
+        return fs.parent_resolved(rel) in fs.links
 
     def exists(self, path):
         fs, rel, _mp = self._at(path)

@@ -26,10 +26,11 @@ class EditError(Exception):
 
 
 class Change:
-    """One thing to do on the guest: its words, its diff and how to do it."""
+    """One thing to do on the guest: its words, the path it touches, its diff and how to do it."""
 
-    def __init__(self, text: str, apply: Callable, diff: dict | None = None):
+    def __init__(self, text: str, path: str, apply: Callable, diff: dict | None = None):
         self.text = text
+        self.path = path
         self.apply = apply
         self.diff = diff
 
@@ -89,9 +90,18 @@ class Guest:
     # -- planning
 
     def plan(self, edits: list[dict]) -> list[Change]:
+        """Every edit's changes, in order; a file two edits would both write is refused (the order would win)."""
         out: list[Change] = []
+        touched: dict[str, str] = {}
         for edit in edits:
-            out.extend(getattr(self, f"_plan_{edit['kind']}")(edit))
+            what = edit["kind"] if edit["kind"] != "file" else "files"
+            changes = getattr(self, f"_plan_{edit['kind']}")(edit)
+            for path in {c.path for c in changes}:
+                if touched.setdefault(path, what) != what:
+                    raise EditError(
+                        f"{path} in domain {self.name} would be written by both {touched[path]} and {what}."
+                    )
+            out.extend(changes)
         return out
 
     def _plan_file(self, edit: dict) -> list[Change]:
@@ -100,7 +110,7 @@ class Guest:
         if edit["state"] == "absent":
             if now is None:
                 return []
-            return [Change(f"remove {path}", lambda g: g.rm(path), self._diff(path, now["data"], None))]
+            return [Change(f"remove {path}", path, lambda g: g.rm(path), self._diff(path, now["data"], None))]
         if edit["state"] == "appended":
             old = b"" if now is None else now["data"]
             if now is not None and edit["content"] in old:
@@ -115,7 +125,7 @@ class Guest:
         user = edit["user"]
         ids = self._ids(user, f"~{user}/.ssh/authorized_keys")
         home = self.owners.home(user)
-        if home is None or self._kind(home) != "dir":
+        if home is None or not self.g.is_dir(home, followsymlinks=True):
             raise EditError(
                 f"user {user} of domain {self.name} has no home directory ({home or 'none in /etc/passwd'})."
             )
@@ -130,7 +140,7 @@ class Guest:
                 g.chmod(SSH_DIR_MODE, ssh_dir)
                 g.chown(ids[0], ids[1], ssh_dir)
 
-            out.append(Change(f"create {ssh_dir} (0700, {user})", make_dir))
+            out.append(Change(f"create {ssh_dir} (0700, {user})", ssh_dir, make_dir))
             now = None
         elif kind != "dir":
             raise EditError(f"{ssh_dir} in domain {self.name} is not a directory; it is left alone.")
@@ -147,7 +157,7 @@ class Guest:
     def _plan_password(self, edit: dict) -> list[Change]:
         user, path = edit["user"], "/etc/shadow"
         now = self._file(path, allow_absent=False)
-        lines = now["data"].decode("utf-8").split("\n")
+        lines = now["data"].decode("utf-8", "surrogateescape").split("\n")
         for i, line in enumerate(lines):
             fields = line.split(":")
             if fields[0] == user and len(fields) >= 2:
@@ -158,7 +168,7 @@ class Guest:
                 break
         else:
             raise EditError(f"user {user} is not in /etc/shadow of domain {self.name}.")
-        data = "\n".join(lines).encode("utf-8")
+        data = "\n".join(lines).encode("utf-8", "surrogateescape")
         mode, ids = now["mode"], (now["uid"], now["gid"])
 
         def write(g):
@@ -168,7 +178,7 @@ class Guest:
 
         diff = dict(before_header=f"{self.name}:{path} ({user})", after_header=f"{self.name}:{path} ({user})")
         diff.update(before="password hash: (not shown)\n", after="password hash: (new, not shown)\n")
-        return [Change(f"set the password hash of {user}", write, diff)]
+        return [Change(f"set the password hash of {user}", path, write, diff)]
 
     def _converge(
         self, path: str, now: dict | None, data: bytes, mode: int | None, ids: tuple | None, parent_planned=False
@@ -177,19 +187,20 @@ class Guest:
         out = []
         if now is None and not parent_planned:
             parent = posixpath.dirname(path)
-            if self._kind(parent) == "absent":
-                out.append(Change(f"create {parent}", lambda g: g.mkdir_p(parent)))
-            elif self._kind(parent) != "dir":
-                raise EditError(f"{parent} in domain {self.name} is not a directory; {path} cannot be made there.")
+            # a parent that is a link to a directory is followed (/bin -> usr/bin): it stays in the guest
+            if not self.g.is_dir(parent, followsymlinks=True):
+                if self._kind(parent) != "absent":
+                    raise EditError(f"{parent} in domain {self.name} is not a directory; {path} cannot be made there.")
+                out.append(Change(f"create {parent}", parent, lambda g: g.mkdir_p(parent)))
         if now is None or now["data"] != data:
             verb = "write" if now is None else "rewrite"
             diff = self._diff(path, None if now is None else now["data"], data)
-            out.append(Change(f"{verb} {path} ({len(data)} bytes)", lambda g: g.write(path, data), diff))
+            out.append(Change(f"{verb} {path} ({len(data)} bytes)", path, lambda g: g.write(path, data), diff))
         want_mode = (NEW_FILE_MODE if now is None else now["mode"]) if mode is None else mode
         if now is None or now["mode"] != want_mode:
-            out.append(Change(f"mode of {path} {want_mode:04o}", lambda g: g.chmod(want_mode, path)))
+            out.append(Change(f"mode of {path} {want_mode:04o}", path, lambda g: g.chmod(want_mode, path)))
         if ids is not None and (now is None or (now["uid"], now["gid"]) != tuple(ids)):
-            out.append(Change(f"owner of {path} {ids[0]}:{ids[1]}", lambda g: g.chown(ids[0], ids[1], path)))
+            out.append(Change(f"owner of {path} {ids[0]}:{ids[1]}", path, lambda g: g.chown(ids[0], ids[1], path)))
         return out
 
     def _diff(self, path: str, before: bytes | None, after: bytes | None) -> dict:

@@ -162,6 +162,36 @@ def test_exclusive_keys_replace_the_file_and_a_present_key_is_not_added_twice(en
     assert fs_of(env, "a").text("/home/alice/.ssh/authorized_keys") == f"{KEY2}\n"
 
 
+def test_a_parent_directory_that_is_a_link_is_followed_inside_the_guest(env):
+    for n in ("a", "b"):
+        fs = fs_of(env, n)
+        fs.mkdir_p("/usr/bin")
+        fs.link("/bin", "usr/bin")  # a merged /usr, as on Debian 12
+    res = env["run"](files=[dict(path="/bin/virtops-hello", content="#!/bin/sh\necho hi\n", mode="0755")])
+    assert res["changed"] is True
+    assert fs_of(env, "a").files["/usr/bin/virtops-hello"][:2] == [b"#!/bin/sh\necho hi\n", 0o755]
+    again = env["run"](files=[dict(path="/bin/virtops-hello", content="#!/bin/sh\necho hi\n", mode="0755")])
+    assert again["changed"] is False
+
+
+def test_two_edits_of_one_file_are_refused_the_order_would_decide(env):
+    with pytest.raises(GuestfsError, match=r"/etc/shadow in domain .* would be written by both files and password"):
+        env["run"](
+            files=[dict(path="/etc/shadow", content="root:x:::::::\n")], passwords=[dict(user="root", hash=HASH)]
+        )
+    assert [e for e in writes(env["apps"]) if e[0] == "write"] == []
+
+
+def test_a_shadow_file_with_bytes_that_are_not_utf8_keeps_them(env):
+    for n in ("a", "b"):
+        fs_of(env, n).add("/etc/shadow", b"root:*:19000:0:99999:7:::\nj\xe9r\xf4me:!:19000::::::\n", mode=0o640)
+    assert env["run"](passwords=[dict(user="root", hash=HASH)])["changed"] is True
+    assert (
+        fs_of(env, "a").files["/etc/shadow"][0]
+        == f"root:{HASH}:19000:0:99999:7:::\n".encode() + b"j\xe9r\xf4me:!:19000::::::\n"
+    )
+
+
 def test_a_guest_that_fails_does_not_stop_the_other_and_the_task_fails_naming_it(env):
     fs_of(env, "a").link("/etc/motd", "/etc/shadow")  # the guest's own symlink: never written through
     with pytest.raises(GuestfsError, match=r"Editing failed on ut-cz-\w+-a: /etc/motd in domain .* symbolic link") as e:
