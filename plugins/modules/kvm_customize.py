@@ -21,8 +21,11 @@ description:
     written: edit its clones, or a copy."
   - A qcow2 overlay is written in its top layer only; the base it stands on is opened read-only.
   - Owners are the guest's own users and groups, resolved from its C(/etc/passwd) and C(/etc/group).
-  - Symbolic links are never written through, because the guest may point them anywhere. A path that is one is
-    refused, and so is a directory where a file is wanted.
+  - A file that is a symbolic link is never written through, because the guest may point it anywhere. Such a path
+    is refused, and so is a directory where a file is wanted. Links among a path's directories are followed (for
+    example C(/bin) to C(usr/bin)); they resolve inside the guest.
+  - One file written by two edits (for example C(/etc/shadow) in O(files) and in O(passwords)) is refused, because
+    the order would decide.
 author:
   - virtops.kvm developers (@virtops)
 extends_documentation_fragment:
