@@ -69,7 +69,6 @@ class GuestfsSession:
         self.warnings: list[str] = []
         self.backend = None
         self._roots: list[str] | None = None
-        self._ro = not writable
 
     # -- lifecycle
 
@@ -147,13 +146,13 @@ class GuestfsSession:
         ``readonly`` mounts read-only in a writable session too (to compare before writing).
         """
         self.launch()
-        self._ro = readonly or not self.writable
+        ro = readonly or not self.writable
         if mounts:
             if part is not None:
                 mounts = {part.own(dev): mp for dev, mp in mounts.items()}
-            self._mount_all(mounts, where)
+            self._mount_all(mounts, where, ro)
             return None
-        return self._inspect_and_mount(part, parts or [])
+        return self._inspect_and_mount(part, parts or [], ro)
 
     def unmount_all(self) -> None:
         """Unmount everything (before the next domain of a shared launch is mounted)."""
@@ -162,10 +161,10 @@ class GuestfsSession:
         except RuntimeError as exc:
             raise GuestfsError(f"Unmounting the guest's filesystems failed: {runtime_message(exc)}") from exc
 
-    def _mount_all(self, mounts: dict, where: str) -> None:
+    def _mount_all(self, mounts: dict, where: str, ro: bool) -> None:
         for mp, dev in mount_order(mounts):
             try:
-                self._mount_one(dev, mp)
+                self._mount_one(dev, mp, ro)
             except RuntimeError as exc:
                 raise GuestfsError(
                     f"Cannot mount {dev} on {mp} ({where}): {runtime_message(exc)}",
@@ -174,8 +173,8 @@ class GuestfsSession:
                     + (" Leave mounts out to use inspection." if where == "mounts option" else ""),
                 ) from exc
 
-    def _mount_one(self, dev: str, mp: str) -> None:
-        if self._ro:
+    def _mount_one(self, dev: str, mp: str, ro: bool) -> None:
+        if ro:
             self.g.mount_ro(dev, mp)
         else:
             self.g.mount(dev, mp)
@@ -196,7 +195,7 @@ class GuestfsSession:
                 raise GuestfsError(f"libguestfs inspection failed: {runtime_message(exc)}") from exc
         return self._roots
 
-    def _inspect_and_mount(self, part: Part | None = None, parts: list | None = None) -> dict:
+    def _inspect_and_mount(self, part: Part | None, parts: list, ro: bool) -> dict:
         g = self.g
         roots = self._inspect()
         if part is not None:
@@ -213,7 +212,7 @@ class GuestfsSession:
                 mountpoints = {mp: part.local(dev, parts or []) for mp, dev in mountpoints.items()}
             for mp, dev in mount_order({dev: mp for mp, dev in mountpoints.items()}):
                 try:
-                    self._mount_one(dev, mp)
+                    self._mount_one(dev, mp, ro)
                 except RuntimeError as exc:
                     # what guestmount -i does too: a broken /boot must not hide /etc
                     self.warnings.append(f"Could not mount {dev} on {mp}: {runtime_message(exc)}")
@@ -229,7 +228,7 @@ class GuestfsSession:
                 mountpoints=mountpoints,
             )
         dev, _fstype = self.single_filesystem(part)
-        self._mount_all({dev: "/"}, "single filesystem")
+        self._mount_all({dev: "/"}, "single filesystem", ro)
         return dict(
             method="single-filesystem",
             root=dev,
