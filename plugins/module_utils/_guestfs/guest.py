@@ -22,28 +22,32 @@ class Owners:
 
     def __init__(self, g):
         self.g = g
+        self._rows: dict[str, list[list[str]]] = {}
         self._tables: dict[str, dict[str, tuple[int, int]]] = {}
+
+    def _fields(self, path: str) -> list[list[str]]:
+        """The ':'-separated fields of each line of ``path`` (none when it is no regular file), read once."""
+        if path not in self._rows:
+            lines = self.g.cat(path).splitlines() if is_file(self.g, path) else []
+            self._rows[path] = [line.split(":") for line in lines]
+        return self._rows[path]
 
     def _table(self, path: str) -> dict[str, tuple[int, int]]:
         if path not in self._tables:
             table = {}
-            if is_file(self.g, path):
-                for line in self.g.cat(path).splitlines():
-                    parts = line.split(":")
-                    if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
-                        table[parts[0]] = (int(parts[2]), int(parts[3]))
-                    elif len(parts) >= 3 and parts[2].isdigit():
-                        table[parts[0]] = (int(parts[2]), int(parts[2]))
+            for parts in self._fields(path):
+                if len(parts) >= 4 and parts[2].isdigit() and parts[3].isdigit():
+                    table[parts[0]] = (int(parts[2]), int(parts[3]))
+                elif len(parts) >= 3 and parts[2].isdigit():
+                    table[parts[0]] = (int(parts[2]), int(parts[2]))
             self._tables[path] = table
         return self._tables[path]
 
     def home(self, user: str) -> str | None:
         """The home directory /etc/passwd gives ``user`` (a name), or None when it names none."""
-        if is_file(self.g, "/etc/passwd"):
-            for line in self.g.cat("/etc/passwd").splitlines():
-                parts = line.split(":")
-                if len(parts) >= 6 and parts[0] == user and parts[5].startswith("/"):
-                    return parts[5]
+        for parts in self._fields("/etc/passwd"):
+            if len(parts) >= 6 and parts[0] == user and parts[5].startswith("/"):
+                return parts[5]
         return None
 
     def resolve(self, owner: str, path: str) -> tuple[int, int]:
