@@ -336,7 +336,7 @@ class HostScan:
             if name != but
         ]
 
-    def dependants(self, path: str, domain: str | None = None, target: str | None = None, own=()) -> list[dict]:
+    def dependants(self, path: str, domain=None, target=None, own=(), own_snapshots=False) -> list[dict]:
         """Everything a write to ``path`` would hurt: ``users()`` entries plus ``relation: snapshot`` ones.
 
         The collection's one write guard: another domain's disk or a disk whose backing chain
@@ -344,7 +344,8 @@ class HostScan:
         domain (``snapshot``: its name). Left out: disk ``target`` of ``domain`` (the writer's
         own disk, e.g. a snapshot of it), the files in ``own`` (real paths: the writer's own
         layers above the file) and, when ``domain`` is given, that domain's own snapshots
-        (its caller weighs them).
+        (its caller weighs them), unless ``own_snapshots`` (a writer that no snapshot of its
+        own may stand under).
         """
         out = []
         for u in self.users([path])[path]:
@@ -354,20 +355,20 @@ class HostScan:
                 continue
             out.append(u)
         for name, snap in self.snapshot_layers().get(os.path.realpath(path), []):
-            if name != domain:
+            if name != domain or own_snapshots:
                 out.append(dict(domain=name, disk=path, target=None, relation="snapshot", snapshot=snap, active=False))
         return out
 
-    def stands_on(self, path: str, domain: str | None = None, target: str | None = None, own=()) -> list[str]:
+    def stands_on(self, path: str, domain=None, target=None, own=(), own_snapshots=False) -> list[str]:
         """``dependants()`` as readable strings (empty: nothing stands on the file)."""
-        return sorted({describe(u) for u in self.dependants(path, domain, target, own)})
+        return sorted({describe(u) for u in self.dependants(path, domain, target, own, own_snapshots)})
 
-    def guard(self, paths, action: str, domain: str | None = None, target: str | None = None, own=(), label=None):
+    def guard(self, paths, action: str, domain=None, target=None, own=(), label=None, own_snapshots=False):
         """Refuse ``action`` (StorageError, nothing changed) when anything stands on one of ``paths``.
 
         ``label`` names a path in the message (e.g. ``disk vda of domain web``); the path is added.
         """
-        found = {p: self.stands_on(p, domain, target, own) for p in paths}
+        found = {p: self.stands_on(p, domain, target, own, own_snapshots) for p in paths}
         found = {p: who for p, who in found.items() if who}
         if found:
             what = "; ".join(

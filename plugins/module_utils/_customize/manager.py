@@ -13,8 +13,6 @@ naming each, with every result.
 
 from __future__ import annotations
 
-import os
-
 from ansible_collections.virtops.kvm.plugins.module_utils import _domain_xml as dx
 from ansible_collections.virtops.kvm.plugins.module_utils._customize.edit import EditError, Guest
 from ansible_collections.virtops.kvm.plugins.module_utils._customize.spec import FILE_STATES, check_edits
@@ -23,7 +21,6 @@ from ansible_collections.virtops.kvm.plugins.module_utils._errors import (
     DomainNotFound,
     GuestfsError,
     InvalidInput,
-    StorageError,
 )
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.devices import by_launch, parts_of
 from ansible_collections.virtops.kvm.plugins.module_utils._guestfs.drives import (
@@ -143,7 +140,6 @@ class CustomizeManager(Manager):
         drives, skipped = domain_drives(found.inactive)
         self.warnings.extend(skipped)
         flags = {d["target"]: d for d in dx.disks(found.inactive)}
-        layers = scan.snapshot_layers()
         for drive in drives:
             path, target = drive["path"], drive["target"]
             label = f"disk {target} of domain {name}"
@@ -155,15 +151,10 @@ class CustomizeManager(Manager):
                     "writable disks. Nothing was changed.",
                     hint="Edit that image some other way, or leave this domain out.",
                 )
-            scan.guard([path], f"edit domain {name} offline", domain=name, target=target, label=label)
-            own = sorted(snap for dom, snap in layers.get(os.path.realpath(path), []) if dom == name)
-            if own:
-                raise StorageError(
-                    f"Refusing to edit domain {name} offline: {label} ({path}) is the base of its own snapshot(s) "
-                    f"{', '.join(own)}. A file a snapshot layer stands on is never written; nothing was changed.",
-                    hint="Revert to or delete those snapshots first, or edit a clone.",
-                    dependants=[f"snapshot {s} of domain {name}" for s in own],
-                )
+            # its own external snapshots count too: a revert would find another disk under them
+            scan.guard(
+                [path], f"edit domain {name} offline", domain=name, target=target, label=label, own_snapshots=True
+            )
         return drives
 
     # -- the appliance

@@ -54,6 +54,10 @@ def test_a_snapshot_layer_no_disk_holds_any_more_is_a_dependant(conn, tmp_path, 
     assert scan.stands_on(str(old)) == [f"snapshot before of domain {prefix}-owner"]
     # the owner weighs its own snapshots itself
     assert scan.stands_on(str(old), f"{prefix}-owner") == []
+    # ... unless it asks for them (a writer no snapshot of its own may stand under: kvm_customize)
+    assert scan.stands_on(str(old), f"{prefix}-owner", own_snapshots=True) == [
+        f"snapshot before of domain {prefix}-owner"
+    ]
     with pytest.raises(StorageError) as err:
         scan.guard([str(old)], "write it", label="the file")
     msg = err.value.message

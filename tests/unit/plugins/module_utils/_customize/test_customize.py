@@ -241,6 +241,15 @@ def test_a_disk_a_clone_stands_on_is_never_written(env):
     assert res["changed"] is True
 
 
+def test_a_disk_its_own_external_snapshot_stands_on_is_never_written(env):
+    dom = env["conn"].lookupByName(env["names"][0])
+    fakes.external_snapshot(dom, "before", env["tmp"] / "a.qcow2", env["tmp"] / "a-layer.qcow2")
+    with pytest.raises(StorageError, match=r"is the base of snapshot before of domain ut-cz-\w+-a") as e:
+        env["run"](**EDITS)
+    assert e.value.details["dependants"] == [f"snapshot before of domain {env['names'][0]}"]
+    assert env["apps"].handles == []
+
+
 def test_a_read_only_disk_is_refused(env):
     dom = env["conn"].lookupByName(env["names"][0])
     xml = dom.XMLDesc(0).replace("<target dev='vda' bus='virtio'/>", "<target dev='vda' bus='virtio'/><readonly/>")
